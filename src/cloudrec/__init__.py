@@ -1,0 +1,1 @@
+"""cloudrec: self-hosted cloud recording."""

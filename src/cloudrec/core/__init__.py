@@ -1,0 +1,1 @@
+"""cloudrec.core"""

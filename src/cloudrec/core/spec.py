@@ -1,0 +1,196 @@
+"""`RecordingSpec`: a validated, frozen description of one recording task, vendor-neutral.
+
+Dialects build it from vendor requests; the worker runs it. Nothing here knows a vendor field name.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from enum import Enum, IntEnum
+
+from cloudrec.core.rooms import RoomKey
+
+
+class RecordMode(IntEnum):
+    SINGLE = 1  # one file set per user
+    MIXED = 2  # everyone composited into one picture and one audio mix
+
+
+class StreamType(IntEnum):
+    AUDIO_VIDEO = 0
+    AUDIO = 1
+    VIDEO = 2
+
+    @property
+    def audio(self) -> bool:
+        return self is not StreamType.VIDEO
+
+    @property
+    def video(self) -> bool:
+        return self is not StreamType.AUDIO
+
+
+class MediaSelect(IntEnum):
+    """Which video tracks a single-stream recording takes."""
+
+    MAIN_AND_AUX = 0
+    MAIN = 1
+    AUX = 2
+
+
+class FillType(IntEnum):
+    LAST_FRAME = 0
+    BLACK = 1
+
+
+class Container(Enum):
+    """Output file kinds; one task may write several from the same encoded packets."""
+
+    HLS = "hls"
+    MP4 = "mp4"
+    AAC = "aac"
+    MP3 = "mp3"
+
+
+class LayoutMode(IntEnum):
+    FLOAT = 1
+    SCREEN_SHARE = 2
+    GRID = 3
+    CUSTOM = 4
+
+
+class RenderMode(IntEnum):
+    STRETCH = 0
+    CROP = 1
+    LETTERBOX = 2
+    SMART_STRETCH = 3
+
+
+class TrackKind(Enum):
+    """The tracks a participant may publish."""
+
+    AUDIO = "audio"
+    MAIN = "main"  # camera video
+    AUX = "aux"  # screen-share video
+
+    @property
+    def is_video(self) -> bool:
+        return self is not TrackKind.AUDIO
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UserFilter:
+    """An allow-list or block-list of user ids; an entry ending in `.*$` is a prefix."""
+
+    allow: tuple[str, ...] = ()
+    block: tuple[str, ...] = ()
+
+    def admits(self, user_id: str, present: frozenset[str] = frozenset()) -> bool:
+        if self.allow:
+            return any(_entry_matches(e, user_id, present) for e in self.allow)
+        return not any(_entry_matches(e, user_id, present) for e in self.block)
+
+
+def _entry_matches(entry: str, user_id: str, present: frozenset[str]) -> bool:
+    # "1.*$" is a prefix rule, unless a user literally named "1.*$" is in the room.
+    if entry.endswith(".*$") and entry not in present:
+        return user_id.startswith(entry[:-3])
+    return entry == user_id
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Subscription:
+    audio: UserFilter = UserFilter()
+    video: UserFilter = UserFilter()
+
+    def wants(self, user_id: str, kind: TrackKind, present: frozenset[str] = frozenset()) -> bool:
+        rule = self.video if kind.is_video else self.audio
+        return rule.admits(user_id, present)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VideoEncoding:
+    width: int = 360
+    height: int = 640
+    fps: int = 15
+    bitrate: int = 550_000  # bits/s
+    gop_seconds: int = 10
+    codec: str = "h264"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AudioEncoding:
+    sample_rate: int = 48_000
+    channels: int = 2
+    bitrate: int = 64_000
+    codec: str = "aac"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pane:
+    """One tile of a mixed picture, in output pixels. `user_id` None = filled by entry order."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+    user_id: str | None = None
+    track: TrackKind = TrackKind.MAIN
+    z: int = 0
+    alpha: int = 0  # 0 opaque … 255 fully transparent
+    render: RenderMode = RenderMode.CROP
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Layout:
+    mode: LayoutMode = LayoutMode.GRID
+    panes: tuple[Pane, ...] = ()  # CUSTOM only
+    background: tuple[int, int, int] = (0, 0, 0)  # RGB
+    render: RenderMode = RenderMode.CROP  # template layouts
+    main_user_id: str | None = None  # FLOAT / SCREEN_SHARE big window
+    main_track: TrackKind = TrackKind.MAIN
+    pure_audio_disable: bool = False  # audio-only users get no tile
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StorageTarget:
+    """Where files go. Credentials are kept out of repr so they never reach a log."""
+
+    vendor: str = "local"  # "cos", "s3", "local", "vod"
+    region: str = ""
+    bucket: str = ""
+    prefix: tuple[str, ...] = ()
+    endpoint_url: str | None = None
+    access_key: str = field(default="", repr=False)
+    secret_key: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecordingSpec:
+    room: RoomKey
+    robot_user_id: str
+    mode: RecordMode
+    stream_type: StreamType = StreamType.AUDIO_VIDEO
+    subscription: Subscription = Subscription()
+    max_idle_seconds: int = 30
+    outputs: frozenset[Container] = frozenset({Container.HLS})
+    av_merge: bool = False
+    max_file_minutes: int = 1440
+    media_select: MediaSelect = MediaSelect.MAIN_AND_AUX
+    fill_type: FillType = FillType.LAST_FRAME
+    video: VideoEncoding = VideoEncoding()
+    audio: AudioEncoding = AudioEncoding()
+    layout: Layout = Layout()
+    storage: StorageTarget = StorageTarget()
+
+    def modified(self, *, layout: Layout | None, subscription: Subscription | None) -> RecordingSpec:
+        """The spec after a live change (layout and subscriptions are replaced, not patched)."""
+        return replace(
+            self,
+            layout=layout if layout is not None else self.layout,
+            subscription=subscription if subscription is not None else self.subscription,
+        )
+
+
+SAFE_COMPONENT = re.compile(r"^[A-Za-z0-9_-]+$")
