@@ -79,7 +79,9 @@ def _build(item: _Node | str, path: str) -> Any:
 
 
 def _conflict(name: str) -> TencentError:
-    return TencentError("InvalidParameter", f"parameter `{name}` is given more than once or as both a value and a parent")
+    return TencentError(
+        "InvalidParameter", f"parameter `{name}` is given twice, or as both a value and a parent"
+    )
 
 
 def flatten(obj: Mapping[str, Any]) -> dict[str, str]:

@@ -6,7 +6,7 @@ error code (spec B.9):
 | case | code |
 | --- | --- |
 | HTTP method other than GET / POST | `UnsupportedProtocol` |
-| TC3: no `Authorization` header, wrong algorithm, unparsable credential / SignedHeaders / signature, a signed header absent from the request | `AuthFailure.InvalidAuthorization` |
+| TC3: no `Authorization` header, wrong algorithm, unparsable Credential / SignedHeaders / Signature, SignedHeaders lacking `content-type` or `host`, a signed header absent from the request | `AuthFailure.InvalidAuthorization` |
 | TC3: `Authorization: SKIP` (SDK `SkipSign`) | `AuthFailure.SignatureFailure` |
 | `X-TC-Timestamp` / `Timestamp`, v1 `Nonce`, `SecretId`, `Signature` absent | `MissingParameter` |
 | timestamp or nonce not a decimal integer | `InvalidParameter` |
@@ -16,7 +16,8 @@ error code (spec B.9):
 | `lookup_secret` knows no key for the SecretId | `AuthFailure.SecretIdNotFound` |
 | signature mismatch (also undecodable v1 Base64) | `AuthFailure.SignatureFailure` |
 
-Not checked here, on purpose: the temporary-credential token (returned as `Authenticated.token`
+Checks run in that order: method, Authorization syntax, timestamp, window, scope date, SecretId,
+signature. Not checked here, on purpose: the temporary-credential token (returned as `Authenticated.token`
 for the caller to judge, `AuthFailure.TokenFailure`) and v1 nonce replay (needs shared state).
 Messages never carry the secret key or the expected signature.
 """
@@ -295,7 +296,8 @@ def v1_string_to_sign(method: str, host: str, params: Mapping[str, str], *, dott
 def sign_v1(method: str, host: str, params: Mapping[str, str], secret_key: str) -> str:
     """Base64 v1 signature; the algorithm comes from `SignatureMethod` (HmacSHA1 when absent)."""
     digest = _DIGEST[params.get("SignatureMethod", "HmacSHA1")]
-    mac = hmac.new(secret_key.encode("utf-8"), v1_string_to_sign(method, host, params).encode("utf-8"), digest)
+    text = v1_string_to_sign(method, host, params).encode("utf-8")
+    mac = hmac.new(secret_key.encode("utf-8"), text, digest)
     return base64.b64encode(mac.digest()).decode("ascii")
 
 

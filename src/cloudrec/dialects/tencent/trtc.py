@@ -1,0 +1,345 @@
+"""TRTC actions (Version 2019-07-22): recording and stream ingest, vendor request ⇄ core spec."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import replace
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from cloudrec.control.apps import AppInfo
+from cloudrec.control.tasks import TaskControl
+from cloudrec.core.ingest import IngestSpec
+from cloudrec.core.rooms import RoomIdType, RoomKey
+from cloudrec.core.spec import (
+    AudioEncoding, Container, FillType, Layout, LayoutMode, MediaSelect, Pane, RecordingSpec, RecordMode,
+    RenderMode, StorageTarget, StreamType, Subscription, TrackKind, UserFilter, VideoEncoding,
+)
+from cloudrec.core.states import TaskKind, TaskState
+from cloudrec.dialects.tencent.errors import TencentError
+from cloudrec.dialects.tencent.fields import OUT_OF_RANGE, Obj
+from cloudrec.dialects.tencent.usersig import UserSigError, verify_private_map_key, verify_usersig
+from cloudrec.errors import CloudrecError, Conflict, LimitReached, NotFound
+
+DIALECT = "trtc"
+VERSION = "2019-07-22"
+REGIONS = frozenset({"ap-beijing", "ap-guangzhou", "ap-mumbai", "ap-shanghai", "ap-singapore"})
+
+_OUTPUTS = {
+    0: frozenset({Container.HLS}),
+    1: frozenset({Container.HLS, Container.MP4}),
+    2: frozenset({Container.HLS, Container.AAC}),
+    3: frozenset({Container.MP4}),
+    4: frozenset({Container.AAC}),
+}
+_SAMPLE_RATES = {1: 48_000, 2: 44_100, 3: 16_000}
+_STATUS = {TaskState.IDLE: "Idle", TaskState.IN_PROGRESS: "InProgress", TaskState.EXITING: "Exited"}
+_COLOR = re.compile(r"^#[0-9A-Fa-f]{6}$")
+_PREFIX = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_STR_ROOM = re.compile(r"^[A-Za-z0-9 !#$%&()+\-:;<=.>?@\[\]^_{}|~,]{1,64}$")
+_USER = re.compile(r"^[^\x00-\x1f]{1,64}$")
+
+Action = Callable[[Obj], Awaitable[dict[str, Any]]]
+
+
+class TrtcActions:
+    def __init__(self, control: TaskControl, apps: Mapping[int, AppInfo], *, clock: Callable[[], float] = time.time) -> None:
+        self.control = control
+        self.apps = apps
+        self.clock = clock
+        self.actions: dict[str, Action] = {
+            "CreateCloudRecording": self.create_cloud_recording,
+            "DescribeCloudRecording": self.describe_cloud_recording,
+            "ModifyCloudRecording": self.modify_cloud_recording,
+            "DeleteCloudRecording": self.delete_cloud_recording,
+            "StartStreamIngest": self.start_stream_ingest,
+            "DescribeStreamIngest": self.describe_stream_ingest,
+            "UpdateStreamIngest": self.update_stream_ingest,
+            "StopStreamIngest": self.stop_stream_ingest,
+        }
+
+    async def call(self, action: str, params: Obj) -> dict[str, Any]:
+        handler = self.actions.get(action)
+        if handler is None:
+            raise TencentError("InvalidAction", f"action {action} does not exist")
+        try:
+            return await handler(params)
+        except NotFound as exc:
+            raise TencentError("ResourceNotFound", exc.message) from exc
+        except LimitReached as exc:
+            raise TencentError("FailedOperation.RestrictedConcurrency", "concurrent task limit reached") from exc
+        except Conflict as exc:
+            raise TencentError("FailedOperation", exc.message) from exc
+        except CloudrecError as exc:
+            raise TencentError("InternalError.CRInternalError", "recording service internal error") from exc
+
+    # --- shared readers ---------------------------------------------------------------------
+    def app(self, p: Obj) -> AppInfo:
+        app_id = p.req_int("SdkAppId", missing="MissingParameter.SdkAppId", invalid="InvalidParameter.SdkAppId",
+                           out_of_range="InvalidParameter.SdkAppId", lo=1)
+        app = self.apps.get(app_id)
+        if app is None:
+            raise TencentError("InvalidParameter.SdkAppId", "unknown SdkAppId")
+        return app
+
+    def room(self, p: Obj, app: AppInfo) -> RoomKey:
+        id_type = p.int("RoomIdType", default=1, choices=(0, 1))
+        room_id = p.req_str("RoomId", missing="MissingParameter.RoomId", invalid="InvalidParameter.RoomId")
+        if id_type == 1:
+            if not room_id.isdigit() or not 1 <= int(room_id) <= 4294967295:
+                raise TencentError("InvalidParameter.RoomId", "RoomId must be a 32-bit integer when RoomIdType is 1")
+            room_id = str(int(room_id))
+        elif not _STR_ROOM.match(room_id):
+            raise TencentError("InvalidParameter.RoomId", "string RoomId must be 1-64 allowed characters")
+        return RoomKey(app.id, room_id, RoomIdType(id_type))
+
+    def check_user(self, p: Obj, app: AppInfo, room: RoomKey) -> str:
+        user_id = p.req_str("UserId", missing="MissingParameter.UserId", invalid="InvalidParameter.UserId")
+        if not _USER.match(user_id):
+            raise TencentError("InvalidParameter.UserId", "UserId must be 1-64 printable characters")
+        sig = p.req_str("UserSig", missing="MissingParameter.UserSig", invalid="InvalidParameter.UserSig")
+        now = self.clock()
+        try:
+            verify_usersig(sig, sdkappid=app.id, key=app.key, identifier=user_id, now=now)
+        except UserSigError as exc:
+            raise TencentError("InvalidParameter.UserSig", "UserSig expired or wrong") from exc
+        pmk = p.str("PrivateMapKey")
+        if app.require_private_map_key or pmk:
+            if not pmk:
+                raise TencentError("InvalidParameter.PrivateMapKey", "this app requires a PrivateMapKey")
+            try:
+                ticket = verify_private_map_key(pmk, sdkappid=app.id, key=app.key, identifier=user_id, now=now)
+            except UserSigError as exc:
+                raise TencentError("InvalidParameter.PrivateMapKey", "PrivateMapKey expired or wrong") from exc
+            wanted = ticket.str_room_id if room.id_type is RoomIdType.STRING else str(ticket.room_id)
+            if wanted != room.room_id:
+                raise TencentError("InvalidParameter.PrivateMapKey", "PrivateMapKey is for another room")
+        return user_id
+
+    async def _task_id(self, p: Obj) -> tuple[AppInfo, str]:
+        app = self.app(p)
+        return app, p.req_str("TaskId", missing="MissingParameter.TaskId", invalid="InvalidParameter.TaskId", max_len=256)
+
+    # --- recording --------------------------------------------------------------------------
+    async def create_cloud_recording(self, p: Obj) -> dict[str, Any]:
+        app = self.app(p)
+        room = self.room(p, app)
+        robot = self.check_user(p, app, room)
+        rp = p.obj("RecordParams", required=True, missing="MissingParameter.RecordParams")
+        assert rp is not None
+        mode = RecordMode(rp.req_int("RecordMode", missing="MissingParameter.RecordMode", choices=(1, 2)))
+        stream_type = StreamType(rp.int("StreamType", default=0, choices=(0, 1, 2)) or 0)
+        output_format = rp.int("OutputFormat", default=0, choices=tuple(_OUTPUTS)) or 0
+        storage, outputs = self.storage(p, output_format)
+        spec = RecordingSpec(
+            room=room,
+            robot_user_id=robot,
+            mode=mode,
+            stream_type=stream_type,
+            subscription=self.subscription(rp.obj("SubscribeStreamUserIds")),
+            max_idle_seconds=rp.int("MaxIdleTime", default=30, lo=5, hi=86400) or 30,
+            outputs=outputs,
+            av_merge=bool(rp.int("AvMerge", default=0, choices=(0, 1))),
+            max_file_minutes=rp.int("MaxMediaFileDuration", default=1440, lo=1, hi=1440) or 1440,
+            media_select=MediaSelect(rp.int("MediaId", default=0, choices=(0, 1, 2)) or 0),
+            fill_type=FillType(rp.int("FillType", default=0, choices=(0, 1)) or 0),
+            video=self.video_params(p.obj("MixTranscodeParams")),
+            audio=self.audio_params(p.obj("MixTranscodeParams")),
+            layout=self.layout(p.obj("MixLayoutParams"), self.video_params(p.obj("MixTranscodeParams"))),
+            storage=storage,
+        )
+        rp.int("SubscribeAbility", default=0, choices=(0, 1))
+        hours = p.int("ResourceExpiredHour", default=72, lo=6, hi=720) or 72
+        task_id = await self.control.create_recording(spec, dialect=DIALECT, lifetime_hours=hours)
+        return {"TaskId": task_id}
+
+    async def describe_cloud_recording(self, p: Obj) -> dict[str, Any]:
+        app, task_id = await self._task_id(p)
+        task, spec = await self.control.recording(app.id, task_id)
+        files = [] if spec.storage.vendor == "vod" else await self.control.files(task_id)
+        playlists = [f for f in files if f.kind == "playlist"]
+        listed = playlists or [f for f in files if f.kind == "file"]
+        out: dict[str, Any] = {
+            "TaskId": task.id,
+            "Status": "Exited" if task.stop_requested is not None else _STATUS.get(task.state, "Exited"),
+            "StorageFileList": [
+                {"UserId": f.user_id, "FileName": f.name, "TrackType": f.track_type, "BeginTimeStamp": f.begin_ms}
+                for f in listed
+            ],
+        }
+        if p.has("RecorderKey"):
+            out["RecorderKey"] = p.str("RecorderKey")
+        return out
+
+    async def modify_cloud_recording(self, p: Obj) -> dict[str, Any]:
+        app, task_id = await self._task_id(p)
+        task, spec = await self.control.recording(app.id, task_id)
+        layout_obj = p.obj("MixLayoutParams")
+        layout = self.layout(layout_obj, spec.video) if layout_obj is not None else None
+        subs_obj = p.obj("SubscribeStreamUserIds")
+        subscription = self.subscription(subs_obj) if subs_obj is not None else None
+        await self.control.modify_recording(app.id, task_id, layout=layout, subscription=subscription)
+        return {"TaskId": task_id}
+
+    async def delete_cloud_recording(self, p: Obj) -> dict[str, Any]:
+        app, task_id = await self._task_id(p)
+        await self.control.stop(app.id, task_id, TaskKind.RECORDING)
+        return {"TaskId": task_id}
+
+    # --- recording parameter objects ----------------------------------------------------------
+    def subscription(self, s: Obj | None) -> Subscription:
+        if s is None:
+            return Subscription()
+        lists = {n: s.str_list(n, max_items=32) for n in (
+            "SubscribeAudioUserIds", "UnSubscribeAudioUserIds", "SubscribeVideoUserIds", "UnSubscribeVideoUserIds")}
+        for kind in ("Audio", "Video"):
+            if lists[f"Subscribe{kind}UserIds"] and lists[f"UnSubscribe{kind}UserIds"]:
+                raise TencentError("InvalidParameter", f"Subscribe{kind}UserIds and UnSubscribe{kind}UserIds cannot both be set")
+        return Subscription(
+            audio=UserFilter(allow=lists["SubscribeAudioUserIds"], block=lists["UnSubscribeAudioUserIds"]),
+            video=UserFilter(allow=lists["SubscribeVideoUserIds"], block=lists["UnSubscribeVideoUserIds"]),
+        )
+
+    def storage(self, p: Obj, output_format: int) -> tuple[StorageTarget, frozenset[Container]]:
+        sp = p.obj("StorageParams", required=True, missing="MissingParameter.StorageParams")
+        assert sp is not None
+        cloud, vod = sp.obj("CloudStorage"), sp.obj("CloudVod")
+        if cloud is not None and vod is not None:
+            raise TencentError("InvalidParameter", "StorageParams takes CloudStorage or CloudVod, not both")
+        if vod is not None:
+            tv = vod.obj("TencentVod") or Obj({}, "CloudVod.TencentVod")
+            media_type = tv.int("MediaType", default=0, choices=(0, 1, 2, 3, 4)) or 0
+            tv.int("ExpireTime", default=0, lo=0)
+            tv.str("UserDefineRecordId", max_len=64)
+            outputs = {0: {Container.MP4}, 1: {Container.HLS}, 2: {Container.AAC}, 3: {Container.HLS, Container.MP4},
+                       4: {Container.HLS, Container.AAC}}[media_type]
+            return StorageTarget(vendor="vod"), frozenset(outputs)
+        if cloud is None:
+            raise TencentError("MissingParameter.CloudStorage", "missing parameter StorageParams.CloudStorage")
+        vendor = cloud.req_int("Vendor", missing="MissingParameter.Vendor", choices=(0, 1))
+        region = cloud.req_str("Region", missing="MissingParameter.Region", max_len=64)
+        bucket = cloud.req_str("Bucket", missing="MissingParameter.Bucket", max_len=128)
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9.\-]{0,126}$", bucket):
+            raise TencentError("InvalidParameter", "CloudStorage.Bucket is not a valid bucket name")
+        access = cloud.req_str("AccessKey", missing="MissingParameter.AccessKey", max_len=256)
+        secret = cloud.req_str("SecretKey", missing="MissingParameter.SecretKey", max_len=256)
+        prefix = cloud.str_list("FileNamePrefix", max_items=10, max_len=64)
+        for part in prefix:
+            if not _PREFIX.match(part):
+                raise TencentError("InvalidParameter", "FileNamePrefix entries must be [A-Za-z0-9_-]")
+        endpoint = cloud.str("EndpointUrl", max_len=512)
+        target = StorageTarget(
+            vendor="cos" if vendor == 0 else "s3", region=region, bucket=bucket, prefix=prefix,
+            endpoint_url=endpoint or None, access_key=access, secret_key=secret,
+        )
+        return target, _OUTPUTS[output_format]
+
+    def video_params(self, mt: Obj | None) -> VideoEncoding:
+        vp = mt.obj("VideoParams") if mt is not None else None
+        if vp is None:
+            return VideoEncoding()
+        width = vp.req_int("Width", lo=16, hi=1920)
+        height = vp.req_int("Height", lo=16, hi=1920)
+        if width * height > 1920 * 1080:
+            raise TencentError(OUT_OF_RANGE, "MixTranscodeParams.VideoParams Width×Height must not exceed 1920×1080")
+        return VideoEncoding(
+            width=width + width % 2,  # yuv420p needs even sizes
+            height=height + height % 2,
+            fps=vp.req_int("Fps", lo=1, hi=60),
+            bitrate=vp.req_int("BitRate", lo=64_000, hi=8_192_000),
+            gop_seconds=vp.req_int("Gop", lo=1, hi=60),
+        )
+
+    def audio_params(self, mt: Obj | None) -> AudioEncoding:
+        ap = mt.obj("AudioParams") if mt is not None else None
+        if ap is None:
+            return AudioEncoding()
+        return AudioEncoding(
+            sample_rate=_SAMPLE_RATES[ap.req_int("SampleRate", choices=tuple(_SAMPLE_RATES))],
+            channels=ap.req_int("Channel", choices=(1, 2)),
+            bitrate=ap.req_int("BitRate", lo=32_000, hi=128_000),
+        )
+
+    def layout(self, lp: Obj | None, video: VideoEncoding) -> Layout:
+        if lp is None:
+            return Layout()
+        mode = LayoutMode(lp.req_int("MixLayoutMode", choices=(1, 2, 3, 4)))
+        color = lp.str("BackGroundColor") or "#000000"
+        if not _COLOR.match(color):
+            raise TencentError("InvalidParameter", "MixLayoutParams.BackGroundColor must look like #RRGGBB")
+        panes = []
+        for tile in lp.objs("MixLayoutList", max_items=25):
+            top, left = tile.req_int("Top", lo=0, hi=1920), tile.req_int("Left", lo=0, hi=1920)
+            width, height = tile.req_int("Width", lo=0, hi=1920), tile.req_int("Height", lo=0, hi=1920)
+            if left + width > video.width or top + height > video.height:
+                raise TencentError(OUT_OF_RANGE, f"{tile.path} does not fit in the {video.width}x{video.height} canvas")
+            panes.append(Pane(
+                x=left, y=top, width=width, height=height, user_id=tile.str("UserId", max_len=256) or None,
+                track=TrackKind.AUX if tile.int("MediaId", default=0, choices=(0, 1)) else TrackKind.MAIN,
+                z=tile.int("ImageLayer", default=0, lo=0, hi=1000) or 0,
+                alpha=tile.int("Alpha", default=0, lo=0, hi=255) or 0,
+                render=RenderMode(tile.int("RenderMode", default=1, choices=(0, 1, 2, 3))),
+            ))
+        for wm in lp.objs("WaterMarkList", max_items=25):
+            wm.int("WaterMarkType", default=0, choices=(0, 1, 2))
+        for name in ("BackgroundImageUrl", "DefaultSubBackgroundImage"):
+            lp.str(name, max_len=2048)
+        lp.int("PlaceHolderMode", default=0, choices=(0, 1))
+        lp.int("BackgroundImageRenderMode", default=0, choices=(0, 1, 2, 3))
+        lp.int("MaxResolutionUserAlign", default=0, choices=(0, 1))
+        rgb = int(color[1:], 16)
+        return Layout(
+            mode=mode,
+            panes=tuple(panes),
+            background=((rgb >> 16) & 255, (rgb >> 8) & 255, rgb & 255),
+            render=RenderMode(lp.int("RenderMode", default=1, choices=(0, 1, 2, 3))),
+            main_user_id=lp.str("MaxResolutionUserId", max_len=256) or None,
+            main_track=TrackKind.AUX if lp.int("MediaId", default=0, choices=(0, 1)) else TrackKind.MAIN,
+            pure_audio_disable=lp.bool("PureAudioDisableLayout"),
+        )
+
+    # --- stream ingest ----------------------------------------------------------------------
+    async def start_stream_ingest(self, p: Obj) -> dict[str, Any]:
+        app = self.app(p)
+        room = self.room(p, app)
+        user_id = self.check_user(p, app, room)
+        urls = [u for u in [p.str("StreamUrl", max_len=4096)] if u] or list(p.str_list("SourceUrl", max_items=1, max_len=4096))
+        if not urls:
+            raise TencentError("MissingParameter", "missing parameter StreamUrl")
+        for url in urls:
+            if not re.match(r"^(https?|rtmp|rtmps|rtsp|file)://", url, re.I):
+                raise TencentError("InvalidParameter", "StreamUrl must be an http(s), rtmp or rtsp URL")
+        repeat = p.int("RepeatNum", default=1, lo=-1, hi=1000)
+        if repeat == 0:
+            raise TencentError(OUT_OF_RANGE, "RepeatNum must be -1 or 1-1000")
+        spec = IngestSpec(
+            room=room, user_id=user_id, urls=tuple(urls), repeat=repeat or 1,
+            max_duration_seconds=(p.int("MaxDuration", default=360, lo=1, hi=10080) or 360) * 60,
+            seek_seconds=float(p.int("SeekSecond", default=0, lo=0) or 0),
+            volume=p.int("Volume", default=100, lo=0, hi=200) or 0,
+        )
+        task_id = await self.control.create_ingest(spec, dialect=DIALECT)
+        return {"TaskId": task_id}
+
+    async def describe_stream_ingest(self, p: Obj) -> dict[str, Any]:
+        app, task_id = await self._task_id(p)
+        try:
+            task, _ = await self.control.ingest(app.id, task_id)
+        except NotFound:
+            return {"Status": "NotExist"}
+        return {"Status": "NotExist" if task.stop_requested is not None else "InProgress"}
+
+    async def update_stream_ingest(self, p: Obj) -> dict[str, Any]:
+        app, task_id = await self._task_id(p)
+        task, spec = await self.control.ingest(app.id, task_id)
+        url = p.str("StreamUrl", max_len=4096)
+        volume = p.int("Volume", lo=0, hi=200)
+        new = replace(spec, urls=(url,) if url else spec.urls, volume=spec.volume if volume is None else volume)
+        await self.control.replace_ingest(app.id, task_id, new)
+        return {"Status": "InProgress"}
+
+    async def stop_stream_ingest(self, p: Obj) -> dict[str, Any]:
+        app, task_id = await self._task_id(p)
+        await self.control.stop(app.id, task_id, TaskKind.INGEST)
+        return {}

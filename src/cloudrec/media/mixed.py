@@ -1,0 +1,410 @@
+"""`MixedPipeline`: a room's subscribed tracks → one composited picture and one audio mix.
+
+The pipeline is a thread body (`run`). Each loop it drains every subscribed track, decodes, and
+produces output for task time T at monotonic time `t0 + T + latency` (MEDIA.md §1): video ticks
+T_n = n / fps show, per tile, the decoded frame whose task time is nearest to T_n; audio is pulled
+from the mixer in encoder-sized chunks so that its sample count is always elapsed × rate. Each
+rendition is encoded once and the same units are written to every sink.
+
+`update()` may be called from any thread (the event loop, when the room or the subscription
+changes); the new participants, sources and layout take effect at the next tick, in the same files
+and on the same timeline.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import av
+
+from cloudrec.core.layout import Participant, Placement, place
+from cloudrec.core.media import MediaUnit, PacketSink, StreamInfo, UnitSource
+from cloudrec.core.spec import AudioEncoding, FillType, Layout, TrackKind, VideoEncoding
+from cloudrec.media.audiomix import AudioMixer
+from cloudrec.media.compositor import Compositor
+from cloudrec.media.decode import Decoder
+from cloudrec.media.encoder import AudioEncoder, VideoEncoder
+from cloudrec.media.timing import from_pts, samples_until, ticks_until, unit_task_time
+
+logger = logging.getLogger(__name__)
+
+MAX_QUEUED_FRAMES = 30  # decoded frames kept per video source ahead of the output
+MAX_IDLE_WAIT = 0.02  # seconds the loop sleeps at most between drains
+MAX_BEHIND_SECONDS = 0.5  # video further behind than this skips ticks
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MixStats:
+    """A consistent snapshot, replaced (not mutated) by the pipeline thread."""
+
+    frames_out: int = 0  # video frames encoded
+    samples_out: int = 0  # audio samples encoded
+    late_units: int = 0  # units before task zero or behind the latency window
+    first_frame_at: float | None = None  # clock() when the first publisher media was decoded
+    dropped: int = 0  # units lost in subscriber queues + decoded frames over the per-source cap
+    skipped_frames: int = 0  # video ticks skipped because the pipeline fell behind
+    decode_errors: int = 0
+
+
+@dataclass(slots=True)
+class _VideoTrack:
+    source: UnitSource
+    decoder: Decoder | None = None
+    queue: deque[tuple[float, av.VideoFrame]] = field(default_factory=deque)
+    held: tuple[float, av.VideoFrame] | None = None
+    flushed: bool = False
+
+
+@dataclass(slots=True)
+class _AudioTrack:
+    source: UnitSource
+    decoder: Decoder | None = None
+    flushed: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Update:
+    participants: list[Participant]
+    video: Mapping[tuple[str, TrackKind], UnitSource]
+    audio: Mapping[str, UnitSource]
+    layout: Layout | None
+
+
+def _black_frame() -> av.VideoFrame:
+    frame = av.VideoFrame(16, 16, "yuv420p")
+    for plane, value in zip(frame.planes, (16, 128, 128)):
+        plane.update(bytes([value]) * plane.buffer_size)
+    return frame
+
+
+class MixedPipeline:
+    def __init__(
+        self,
+        *,
+        video: VideoEncoding | None,
+        audio: AudioEncoding | None,
+        layout: Layout,
+        fill_type: FillType,
+        sinks: Sequence[PacketSink],
+        t0: float,
+        latency: float = 0.3,
+        clock: Callable[[], float] = time.monotonic,
+        gap_seconds: float = 1.0,
+    ) -> None:
+        if video is None and audio is None:
+            raise ValueError("a mixed pipeline needs video, audio or both")
+        self._video_enc = video
+        self._audio_enc = audio
+        self._layout = layout
+        self._fill_type = fill_type
+        self._sinks = list(sinks)
+        self._t0 = t0
+        self._latency = latency
+        self._clock = clock
+        self._gap = gap_seconds
+        self._lock = threading.Lock()
+        self._pending: _Update | None = None
+        self.stats = MixStats()
+        # Owned by the pipeline thread from here on.
+        self._participants: list[Participant] = []
+        self._placements: list[Placement] = []
+        self._video: dict[tuple[str, TrackKind], _VideoTrack] = {}
+        self._audio: dict[str, _AudioTrack] = {}
+        self._frames_out = 0
+        self._samples_out = 0
+        self._late = 0
+        self._dropped_frames = 0
+        self._skipped = 0
+        self._first_at: float | None = None
+        self._black = _black_frame()
+        # Interleaving: audio units wait until video up to their time has been written, so every
+        # sink sees the first video keyframe first and packets arrive in time order.
+        self._has_video = video is not None
+        self._held_audio: deque[MediaUnit] = deque()
+        self._video_written_until = -math.inf  # task time (dts) of the last video unit written
+
+    # -- control (any thread) -------------------------------------------------------------
+
+    def update(
+        self,
+        *,
+        participants: list[Participant],
+        video: Mapping[tuple[str, TrackKind], UnitSource],
+        audio: Mapping[str, UnitSource],
+        layout: Layout | None = None,
+    ) -> None:
+        """Replace who is shown/heard (and optionally the layout) from the next tick on."""
+        upd = _Update(participants=list(participants), video=dict(video), audio=dict(audio), layout=layout)
+        with self._lock:
+            if self._pending is not None and layout is None:
+                upd = _Update(participants=upd.participants, video=upd.video, audio=upd.audio, layout=self._pending.layout)
+            self._pending = upd
+
+    # -- thread body ----------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        venc = VideoEncoder(self._video_enc) if self._video_enc is not None else None
+        aenc = AudioEncoder(self._audio_enc) if self._audio_enc is not None else None
+        comp = None
+        if self._video_enc is not None:
+            comp = Compositor(self._video_enc.width, self._video_enc.height, self._layout.background)
+        mixer = AudioMixer(self._audio_enc.sample_rate, self._audio_enc.channels) if self._audio_enc is not None else None
+        streams: list[StreamInfo] = []
+        if venc is not None:
+            streams.append(venc.stream_info())
+        if aenc is not None:
+            streams.append(aenc.stream_info())
+        v_index, a_index = 0, (1 if venc is not None else 0)
+        opened: list[PacketSink] = []
+        logger.info("mixed pipeline started", extra={"video": venc is not None, "audio": aenc is not None})
+        try:
+            for sink in self._sinks:
+                sink.open(streams)
+                opened.append(sink)
+            fps = self._video_enc.fps if self._video_enc is not None else 0
+            rate = self._audio_enc.sample_rate if self._audio_enc is not None else 0
+            tick = 0
+            while not stop.is_set():
+                self._apply_update(comp)
+                now = self._clock()
+                self._ingest(now, mixer)
+                out_until = now - self._t0 - self._latency  # task time output is due up to
+                if venc is not None and comp is not None:
+                    due = ticks_until(out_until, fps)
+                    behind = due - tick
+                    if behind > max(2, math.ceil(MAX_BEHIND_SECONDS * fps)):
+                        self._skipped += behind - 1
+                        logger.warning("video behind; ticks skipped", extra={"skipped": behind - 1})
+                        tick = due - 1
+                    while tick < due:
+                        self._emit_video(tick, fps, venc, comp, v_index)
+                        tick += 1
+                if aenc is not None and mixer is not None:
+                    self._emit_audio(samples_until(out_until, rate), aenc, mixer, a_index, partial=False)
+                self._publish_stats()
+                # Sleep until the next tick or audio chunk is due (bounded, so sources are drained).
+                nxt = math.inf
+                if fps:
+                    nxt = tick / fps
+                if rate and aenc is not None:
+                    nxt = min(nxt, (self._samples_out + aenc.frame_size) / rate)
+                wait = self._t0 + self._latency + nxt - self._clock()
+                stop.wait(min(MAX_IDLE_WAIT, max(0.0, wait)))
+            # Stop: finish the timeline up to the stop time, so the files cover the whole task.
+            end = self._clock() - self._t0
+            self._apply_update(comp)
+            self._ingest(self._clock(), mixer, flush=True)
+            if venc is not None and comp is not None:
+                n_end = ticks_until(end - 1e-9, fps) if end > 0 else 0
+                while tick < n_end:
+                    self._emit_video(tick, fps, venc, comp, v_index)
+                    tick += 1
+                end = tick / fps
+                self._write_video(v_index, venc.flush())
+            if aenc is not None and mixer is not None:
+                self._emit_audio(samples_until(end, rate), aenc, mixer, a_index, partial=True)
+                self._write_audio(a_index, aenc.flush())
+            self._video_written_until = math.inf
+            self._release_audio(a_index)
+            self._publish_stats()
+        finally:
+            for sink in opened:
+                try:
+                    sink.close()
+                except Exception:
+                    logger.exception("sink close failed")
+            logger.info("mixed pipeline stopped", extra={"frames_out": self._frames_out, "samples_out": self._samples_out,
+                                                          "late_units": self._late, "skipped_frames": self._skipped})
+
+    # -- pieces ---------------------------------------------------------------------------
+
+    def _apply_update(self, comp: Compositor | None) -> None:
+        with self._lock:
+            upd, self._pending = self._pending, None
+        if upd is None:
+            return
+        if upd.layout is not None:
+            self._layout = upd.layout
+            if comp is not None:
+                comp.set_background(upd.layout.background)
+        self._participants = upd.participants
+        video: dict[tuple[str, TrackKind], _VideoTrack] = {}
+        for key, source in upd.video.items():
+            old = self._video.get(key)
+            if old is not None and old.source is source:
+                video[key] = old
+            else:  # new subscription: keep what the old one showed until new frames come
+                track = _VideoTrack(source=source)
+                if old is not None:
+                    track.held = old.held
+                video[key] = track
+        self._video = video
+        audio: dict[str, _AudioTrack] = {}
+        for user_id, source in upd.audio.items():
+            prev = self._audio.get(user_id)
+            audio[user_id] = prev if prev is not None and prev.source is source else _AudioTrack(source=source)
+        self._audio = audio
+        if self._video_enc is not None:
+            self._placements = place(self._layout, self._video_enc.width, self._video_enc.height, self._participants)
+        logger.info("mixed pipeline updated", extra={"participants": len(self._participants), "tiles": len(self._placements)})
+
+    def _decoder(self, current: Decoder | None, unit: MediaUnit) -> Decoder | None:
+        if current is not None:
+            return current
+        try:
+            return Decoder(unit.info)
+        except (av.FFmpegError, ValueError):
+            logger.warning("no decoder for track", extra={"codec": unit.info.codec})
+            return None
+
+    def _is_late(self, unit: MediaUnit, now_task: float) -> bool:
+        tt = unit_task_time(unit, self._t0)
+        return tt < 0 or tt < now_task - self._latency
+
+    def _ingest(self, now: float, mixer: AudioMixer | None, *, flush: bool = False) -> None:
+        now_task = now - self._t0
+        for vt in self._video.values():
+            units = vt.source.drain()
+            frames: list[av.VideoFrame] = []
+            for unit in units:
+                if self._is_late(unit, now_task):
+                    self._late += 1  # still decoded: later frames may reference it
+                vt.decoder = self._decoder(vt.decoder, unit)
+                if vt.decoder is not None:
+                    frames.extend(f for f in vt.decoder.decode(unit) if isinstance(f, av.VideoFrame))
+            if vt.decoder is not None and (flush or (vt.source.ended and not vt.flushed)):
+                vt.flushed = vt.source.ended
+                frames.extend(f for f in vt.decoder.flush() if isinstance(f, av.VideoFrame))
+            for frame in frames:
+                self._queue_video(vt, frame)
+        for user_id, at in self._audio.items():
+            units = at.source.drain()
+            for unit in units:
+                if self._is_late(unit, now_task):
+                    self._late += 1
+                at.decoder = self._decoder(at.decoder, unit)
+                if at.decoder is None:
+                    continue
+                for decoded in at.decoder.decode(unit):
+                    if isinstance(decoded, av.AudioFrame) and mixer is not None:
+                        self._queue_audio(mixer, user_id, decoded)
+            if at.decoder is not None and (flush or (at.source.ended and not at.flushed)):
+                at.flushed = at.source.ended
+                for decoded in at.decoder.flush():
+                    if isinstance(decoded, av.AudioFrame) and mixer is not None:
+                        self._queue_audio(mixer, user_id, decoded)
+        for user_id in [u for u in (mixer.sources() if mixer is not None else []) if u not in self._audio]:
+            if mixer is not None:
+                mixer.remove(user_id)
+
+    def _frame_task_time(self, frame: av.VideoFrame | av.AudioFrame) -> float | None:
+        if frame.pts is None or frame.time_base is None:
+            return None
+        return from_pts(frame.pts, frame.time_base) - self._t0
+
+    def _queue_video(self, vt: _VideoTrack, frame: av.VideoFrame) -> None:
+        tt = self._frame_task_time(frame)
+        if tt is None:
+            return
+        if self._first_at is None:
+            self._first_at = self._clock()
+        if vt.queue and tt <= vt.queue[-1][0]:
+            return  # out of order or duplicate
+        vt.queue.append((tt, frame))
+        while len(vt.queue) > MAX_QUEUED_FRAMES:
+            vt.queue.popleft()
+            self._dropped_frames += 1
+
+    def _queue_audio(self, mixer: AudioMixer, user_id: str, frame: av.AudioFrame) -> None:
+        tt = self._frame_task_time(frame)
+        if tt is None:
+            return
+        if self._first_at is None:
+            self._first_at = self._clock()
+        mixer.push(user_id, frame, tt)
+
+    def _pick(self, vt: _VideoTrack, t: float) -> av.VideoFrame | None:
+        """The frame nearest to task time `t` (never older than the one shown before), with
+        FillType applied after `gap_seconds` without a newer frame."""
+        q = vt.queue
+        while q and q[0][0] <= t:
+            vt.held = q.popleft()
+        if q and (vt.held is None or q[0][0] - t < t - vt.held[0]):
+            vt.held = q.popleft()
+        if vt.held is None:
+            return None
+        tt, frame = vt.held
+        if t - tt >= self._gap and self._fill_type is FillType.BLACK:
+            return self._black
+        return frame
+
+    def _emit_video(self, tick: int, fps: int, venc: VideoEncoder, comp: Compositor, index: int) -> None:
+        t = tick / fps
+        frames: dict[tuple[str, TrackKind], av.VideoFrame | None] = {}
+        for p in self._placements:
+            if p.user_id is None:
+                continue
+            key = (p.user_id, p.track)
+            if key in frames:
+                continue
+            vt = self._video.get(key)
+            frames[key] = self._pick(vt, t) if vt is not None else None
+        # Sources not on screen still advance, so they do not pile up frames.
+        for key, vt in self._video.items():
+            if key not in frames:
+                self._pick(vt, t)
+        picture = comp.render(self._placements, frames)
+        picture.pts = tick
+        self._write_video(index, venc.encode(picture))
+        self._frames_out += 1
+
+    def _emit_audio(self, target: int, aenc: AudioEncoder, mixer: AudioMixer, index: int, *, partial: bool) -> None:
+        size = aenc.frame_size
+        while self._samples_out + size <= target:
+            self._write_audio(index, aenc.encode(mixer.pull(size)))
+            self._samples_out += size
+        if partial and target > self._samples_out:
+            n = target - self._samples_out
+            self._write_audio(index, aenc.encode(mixer.pull(n)))
+            self._samples_out += n
+
+    def _write_video(self, index: int, units: list[MediaUnit]) -> None:
+        for unit in units:
+            self._write(index, unit)
+            self._video_written_until = from_pts(unit.dts, unit.info.time_base)
+        if units:
+            self._release_audio(1)
+
+    def _write_audio(self, index: int, units: list[MediaUnit]) -> None:
+        self._held_audio.extend(units)
+        self._release_audio(index)
+
+    def _release_audio(self, index: int) -> None:
+        held = self._held_audio
+        while held and (not self._has_video or from_pts(held[0].dts, held[0].info.time_base) <= self._video_written_until):
+            self._write(index, held.popleft())
+
+    def _write(self, index: int, unit: MediaUnit) -> None:
+        for sink in self._sinks:
+            sink.write(index, unit)
+
+    def _publish_stats(self) -> None:
+        dropped = self._dropped_frames + sum(v.source.dropped for v in self._video.values())
+        dropped += sum(a.source.dropped for a in self._audio.values())
+        errors = sum(v.decoder.errors for v in self._video.values() if v.decoder is not None)
+        errors += sum(a.decoder.errors for a in self._audio.values() if a.decoder is not None)
+        self.stats = MixStats(
+            frames_out=self._frames_out,
+            samples_out=self._samples_out,
+            late_units=self._late,
+            first_frame_at=self._first_at,
+            dropped=dropped,
+            skipped_frames=self._skipped,
+            decode_errors=errors,
+        )

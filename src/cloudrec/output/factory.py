@@ -1,0 +1,216 @@
+"""Which sinks a recording writes: one per output kind, checked against a compatibility table.
+
+`make_sinks` builds one set; `SinkFactory` is the stateful callable a pipeline uses as its
+`sinks_factory`: a later set (after a stream change) continues the file indexes and the HLS
+playlist of the previous one instead of overwriting them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cloudrec.core.media import FileEvent, PacketSink, StreamInfo
+from cloudrec.core.spec import Container
+from cloudrec.errors import InvalidRequest
+from cloudrec.output.audio import AudioFileSink
+from cloudrec.output.hls import HlsSink
+from cloudrec.output.mp4 import MAX_FILE_BYTES, Mp4Sink, RotatingFileSink
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Compatibility:
+    """What one container can hold."""
+
+    video_codecs: frozenset[str]  # empty: no video at all
+    audio_codecs: frozenset[str]
+    needs_audio: bool = False  # an audio-only format: no audio, no file
+
+
+COMPATIBILITY: dict[Container, Compatibility] = {
+    Container.HLS: Compatibility(video_codecs=frozenset({"h264"}), audio_codecs=frozenset({"aac", "mp3"})),
+    Container.MP4: Compatibility(video_codecs=frozenset({"h264"}), audio_codecs=frozenset({"aac", "mp3"})),
+    Container.AAC: Compatibility(video_codecs=frozenset(), audio_codecs=frozenset({"aac"}), needs_audio=True),
+    Container.MP3: Compatibility(video_codecs=frozenset(), audio_codecs=frozenset({"mp3"}), needs_audio=True),
+}
+
+
+def check_outputs(
+    outputs: frozenset[Container],
+    *,
+    has_video: bool,
+    has_audio: bool,
+    video_codec: str = "h264",
+    audio_codec: str = "aac",
+    extract_audio: bool = False,
+) -> None:
+    """Raise `InvalidRequest` unless every output can hold the streams (see `COMPATIBILITY`)."""
+    if not outputs:
+        raise InvalidRequest("no output format", field="outputs", reason="missing")
+    if not has_video and not has_audio:
+        raise InvalidRequest("nothing to record", field="stream_type", reason="empty")
+    for output in outputs:
+        rule = COMPATIBILITY.get(output)
+        if rule is None:
+            raise InvalidRequest("unknown output format", field="outputs", reason="unknown")
+        if has_video and not rule.video_codecs and not extract_audio:
+            raise InvalidRequest("output format cannot hold video", field="outputs", reason="incompatible")
+        if has_video and rule.video_codecs and video_codec not in rule.video_codecs:
+            raise InvalidRequest("video codec does not fit the output format", field="outputs", reason="incompatible")
+        if rule.needs_audio and not has_audio:
+            raise InvalidRequest("audio-only output format without audio", field="outputs", reason="incompatible")
+        if has_audio and audio_codec not in rule.audio_codecs:
+            raise InvalidRequest("audio codec does not fit the output format", field="outputs", reason="incompatible")
+
+
+def make_sinks(
+    outputs: frozenset[Container],
+    *,
+    directory: Path,
+    base: str,
+    track_type: str | None,
+    user_id: str,
+    media: str,
+    wall0_ms: int,
+    max_file_seconds: float,
+    has_video: bool,
+    has_audio: bool,
+    on_event: Callable[[FileEvent], None] | None,
+    video_codec: str = "h264",
+    audio_codec: str = "aac",
+    extract_audio: bool = False,
+    segment_seconds: float = 4.0,
+    max_file_bytes: int = MAX_FILE_BYTES,
+    first_index: int = 1,
+    continue_hls: HlsSink | None = None,
+) -> list[PacketSink]:
+    """One sink per output kind, in a stable order (HLS, MP4, AAC, MP3).
+
+    AAC/MP3 files take the audio stream only; with video present that needs `extract_audio`.
+    `first_index`/`continue_hls` continue an earlier set (see `SinkFactory`).
+    """
+    check_outputs(
+        outputs,
+        has_video=has_video,
+        has_audio=has_audio,
+        video_codec=video_codec,
+        audio_codec=audio_codec,
+        extract_audio=extract_audio,
+    )
+    sinks: list[PacketSink] = []
+    for output in sorted(outputs, key=list(Container).index):
+        if output is Container.HLS:
+            sinks.append(
+                HlsSink(
+                    directory,
+                    base,
+                    track_type,
+                    user_id=user_id,
+                    media=media,
+                    wall0_ms=wall0_ms,
+                    segment_seconds=segment_seconds,
+                    on_event=on_event,
+                    continue_from=continue_hls,
+                )
+            )
+        elif output is Container.MP4:
+            sinks.append(
+                Mp4Sink(
+                    directory,
+                    base,
+                    track_type,
+                    user_id=user_id,
+                    media=media,
+                    wall0_ms=wall0_ms,
+                    max_seconds=max_file_seconds,
+                    max_bytes=max_file_bytes,
+                    first_index=first_index,
+                    on_event=on_event,
+                )
+            )
+        else:
+            sinks.append(
+                AudioFileSink(
+                    directory,
+                    base,
+                    track_type,
+                    codec=audio_codec,
+                    user_id=user_id,
+                    media=media,
+                    wall0_ms=wall0_ms,
+                    max_seconds=max_file_seconds,
+                    max_bytes=max_file_bytes,
+                    first_index=first_index,
+                    on_event=on_event,
+                )
+            )
+    return sinks
+
+
+class SinkFactory:
+    """A pipeline's `sinks_factory(streams, begin_unix_ms)`: builds each set with `make_sinks`.
+
+    A second call (the stream parameters changed) continues the previous set: file indexes go on
+    after the last one written and the HLS playlist keeps its segments, with a discontinuity.
+    """
+
+    def __init__(
+        self,
+        outputs: frozenset[Container],
+        *,
+        directory: Path,
+        base: str,
+        track_type: str | None,
+        user_id: str,
+        media: str,
+        max_file_seconds: float,
+        on_event: Callable[[FileEvent], None] | None = None,
+        extract_audio: bool = False,
+        segment_seconds: float = 4.0,
+        max_file_bytes: int = MAX_FILE_BYTES,
+    ) -> None:
+        self.outputs = outputs
+        self.directory = directory
+        self.base = base
+        self.track_type = track_type
+        self.user_id = user_id
+        self.media = media
+        self.max_file_seconds = max_file_seconds
+        self.on_event = on_event
+        self.extract_audio = extract_audio
+        self.segment_seconds = segment_seconds
+        self.max_file_bytes = max_file_bytes
+        self.sets: list[list[PacketSink]] = []
+
+    def __call__(self, streams: Sequence[StreamInfo], begin_unix_ms: int) -> list[PacketSink]:
+        video = [s for s in streams if s.kind.is_video]
+        audio = [s for s in streams if not s.kind.is_video]
+        previous = self.sets[-1] if self.sets else []
+        next_index = 1 + max((s.index for s in previous if isinstance(s, RotatingFileSink)), default=0)
+        hls = next((s for s in previous if isinstance(s, HlsSink)), None)
+        sinks = make_sinks(
+            self.outputs,
+            directory=self.directory,
+            base=self.base,
+            track_type=self.track_type,
+            user_id=self.user_id,
+            media=self.media,
+            wall0_ms=begin_unix_ms,
+            max_file_seconds=self.max_file_seconds,
+            has_video=bool(video),
+            has_audio=bool(audio),
+            on_event=self.on_event,
+            video_codec=video[0].codec if video else "h264",
+            audio_codec=audio[0].codec if audio else "aac",
+            extract_audio=self.extract_audio,
+            segment_seconds=self.segment_seconds,
+            max_file_bytes=self.max_file_bytes,
+            first_index=next_index,
+            continue_hls=hls,
+        )
+        self.sets.append(sinks)
+        return sinks

@@ -1,0 +1,364 @@
+"""`Mp4Sink`: fragmented MP4 files with rotation, plus the stream-copy helpers every sink shares.
+
+A file is written as fragmented MP4 (`frag_keyframe+empty_moov+default_base_moof`, fragments of at
+most `FRAGMENT_SECONDS`), so a recorder killed mid-way leaves a file that plays up to its last
+complete fragment. A file that grows beyond `max_seconds` or `max_bytes` is closed at the next video
+keyframe (any packet when there is no video) and the recording continues in `<base>_<index+1>.mp4`.
+
+Time in rotated files restarts at 0: every file is self-contained and its `FileEvent.begin_ms`
+says where it sits on the wall clock.
+
+Stream copy needs the codec configuration before the header: H.264 extradata (avcC, or Annex-B
+SPS/PPS which the mp4 muxer turns into avcC; taken from the first keyframe when missing) and the
+AAC AudioSpecificConfig (derived from the ADTS header when the packets come as ADTS, whose headers
+are then stripped).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from fractions import Fraction
+from pathlib import Path
+
+import av
+from av.container import OutputContainer
+from av.audio.codeccontext import AudioCodecContext
+from av.stream import Stream
+from av.video.codeccontext import VideoCodecContext
+
+from cloudrec.core import naming
+from cloudrec.core.media import FileEvent, MediaUnit, PacketSink, StreamInfo
+
+logger = logging.getLogger(__name__)
+
+FRAGMENT_SECONDS = 2.0
+MAX_FILE_BYTES = 2 * 1024**3 - 64 * 1024**2  # 2 GiB minus one generous GOP of margin
+MP4_OPTIONS = {
+    "movflags": "frag_keyframe+empty_moov+default_base_moof",
+    "frag_duration": str(int(FRAGMENT_SECONDS * 1_000_000)),
+}
+
+# ---------------------------------------------------------------------------------------------
+# Bitstream helpers (H.264 Annex-B / AVCC, AAC ADTS / AudioSpecificConfig)
+
+_START3 = b"\x00\x00\x01"
+_START4 = b"\x00\x00\x00\x01"
+_AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
+
+
+def is_annexb(data: bytes) -> bool:
+    return data.startswith(_START3) or data.startswith(_START4)
+
+
+def annexb_nals(data: bytes) -> list[bytes]:
+    """The NAL units of an Annex-B buffer, without their start codes."""
+    nals: list[bytes] = []
+    pos = data.find(_START3)
+    while pos >= 0:
+        start = pos + 3
+        nxt = data.find(_START3, start)
+        end = len(data) if nxt < 0 else nxt
+        nal = data[start:end]
+        if nxt >= 0 and nal.endswith(b"\x00"):
+            nal = nal.rstrip(b"\x00")  # the leading zero of a 4-byte start code
+        if nal:
+            nals.append(nal)
+        pos = nxt
+    return nals
+
+
+def h264_parameter_sets(data: bytes) -> bytes | None:
+    """Annex-B extradata (SPS + PPS with start codes) found in an Annex-B access unit, if any."""
+    if not is_annexb(data):
+        return None
+    sets = [n for n in annexb_nals(data) if n[0] & 0x1F in (7, 8)]
+    if not any(n[0] & 0x1F == 7 for n in sets) or not any(n[0] & 0x1F == 8 for n in sets):
+        return None
+    return b"".join(_START4 + n for n in sets)
+
+
+def is_adts(data: bytes) -> bool:
+    return len(data) >= 7 and data[0] == 0xFF and data[1] & 0xF6 == 0xF0
+
+
+def adts_header_size(data: bytes) -> int:
+    return 7 if data[1] & 0x01 else 9
+
+
+def adts_audio_config(data: bytes) -> bytes:
+    """The AudioSpecificConfig equivalent to an ADTS header."""
+    object_type = (data[2] >> 6) + 1
+    rate_index = (data[2] >> 2) & 0x0F
+    channels = ((data[2] & 0x01) << 2) | (data[3] >> 6)
+    value = (object_type << 11) | (rate_index << 7) | (channels << 3)
+    return value.to_bytes(2, "big")
+
+
+def adts_sample_rate(data: bytes) -> int:
+    index = (data[2] >> 2) & 0x0F
+    return _AAC_RATES[index] if index < len(_AAC_RATES) else 0
+
+
+def strip_adts(data: bytes) -> bytes:
+    return data[adts_header_size(data) :] if is_adts(data) else data
+
+
+def complete_info(info: StreamInfo, unit: MediaUnit) -> StreamInfo:
+    """`info` with the codec configuration filled in from an in-band unit when it lacks one."""
+    if info.extradata:
+        return info
+    if info.codec == "h264" and unit.key:
+        sets = h264_parameter_sets(unit.data)
+        return replace(info, extradata=sets) if sets else info
+    if info.codec == "aac" and is_adts(unit.data):
+        rate = info.sample_rate or adts_sample_rate(unit.data)
+        return replace(info, extradata=adts_audio_config(unit.data), sample_rate=rate)
+    return info
+
+
+# ---------------------------------------------------------------------------------------------
+# Declaring streams and building packets (no codec is opened: stream copy only)
+
+_TEMPLATE_ENCODERS = {"h264": "libx264", "aac": "aac", "mp3": "libmp3lame", "opus": "libopus", "vp8": "libvpx"}
+
+
+def declare_stream(container: OutputContainer, info: StreamInfo) -> Stream:
+    """A stream-copy output stream for `info`: codec parameters copied, no encoder opened."""
+    holder = av.open(io.BytesIO(), "w", format="nut")
+    try:
+        template = holder.add_stream(_TEMPLATE_ENCODERS.get(info.codec, info.codec))
+        stream = container.add_stream_from_template(template, opaque=True)
+    finally:
+        holder.close()
+    ctx = stream.codec_context
+    if isinstance(ctx, VideoCodecContext):
+        ctx.width = info.width
+        ctx.height = info.height
+        ctx.pix_fmt = info.pix_fmt or "yuv420p"
+    elif isinstance(ctx, AudioCodecContext):
+        ctx.sample_rate = info.sample_rate or 48_000
+        ctx.layout = info.layout or ("mono" if info.channels == 1 else "stereo")
+    if info.extradata:
+        ctx.extradata = info.extradata
+    if info.bit_rate:
+        ctx.bit_rate = info.bit_rate
+    stream.time_base = info.time_base
+    ctx.time_base = info.time_base
+    return stream
+
+
+def make_packet(unit: MediaUnit, stream: Stream, data: bytes | None = None) -> av.Packet[Stream]:
+    packet = av.Packet(unit.data if data is None else data)
+    packet.pts = unit.pts
+    packet.dts = unit.dts
+    packet.duration = unit.duration
+    packet.time_base = unit.info.time_base
+    packet.is_keyframe = unit.key
+    packet.stream = stream
+    return packet
+
+
+def unit_seconds(unit: MediaUnit) -> float:
+    return float(unit.pts * unit.info.time_base)
+
+
+def unit_end_seconds(unit: MediaUnit) -> float:
+    return float((unit.pts + max(unit.duration, 0)) * unit.info.time_base)
+
+
+def track_type_of(streams: Sequence[StreamInfo], track_type: str | None) -> str:
+    if track_type:
+        return track_type
+    video = any(s.kind.is_video for s in streams)
+    audio = any(not s.kind.is_video for s in streams)
+    return "audio_video" if video and audio else ("video" if video else "audio")
+
+
+# ---------------------------------------------------------------------------------------------
+# Rotating file sinks
+
+
+class RotatingFileSink(PacketSink):
+    """A `PacketSink` writing `<base>[_<type>]_<index>.<ext>` files, rotating on duration or size.
+
+    Subclasses choose the format, the extension and which of the declared streams they take.
+    Time restarts at 0 in every file.
+    """
+
+    format_name = ""
+    extension = ""
+    container_options: dict[str, str] = {}
+
+    def __init__(
+        self,
+        directory: Path,
+        base: str,
+        track_type: str | None,
+        *,
+        user_id: str,
+        media: str,
+        wall0_ms: int,
+        max_seconds: float,
+        max_bytes: int = MAX_FILE_BYTES,
+        first_index: int = 1,
+        on_event: Callable[[FileEvent], None] | None = None,
+    ) -> None:
+        self.directory = Path(directory)
+        self.base = base
+        self.track_type = track_type
+        self.user_id = user_id
+        self.media = media
+        self.wall0_ms = wall0_ms
+        self.max_seconds = max_seconds
+        self.max_bytes = max_bytes
+        self.index = first_index - 1
+        self.on_event = on_event
+        self.files: list[str] = []
+        self.dropped = 0
+        self.errors = 0
+        self._streams: list[StreamInfo] = []
+        self._map: dict[int, int] = {}  # declared stream index → our stream index
+        self._has_video = False
+        self._container: OutputContainer | None = None
+        self._out: list[Stream] = []
+        self._name = ""
+        self._offset = 0.0  # seconds subtracted in the current file
+        self._begin_ms = 0
+        self._end_s = 0.0
+        self._bytes = 0
+        self._last_dts: dict[int, int] = {}
+        self._closed = False
+        self._warned = False
+
+    # -- what the subclass takes -------------------------------------------------------------
+    def accepts(self, info: StreamInfo) -> bool:
+        return True
+
+    def payload(self, info: StreamInfo, unit: MediaUnit) -> bytes:
+        return strip_adts(unit.data) if info.codec == "aac" and info.extradata else unit.data
+
+    # -- PacketSink ------------------------------------------------------------------------------
+    def open(self, streams: Sequence[StreamInfo]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for i, info in enumerate(streams):
+            if self.accepts(info):
+                self._map[i] = len(self._streams)
+                self._streams.append(info)
+        self._has_video = any(s.kind.is_video for s in self._streams)
+        if not self._streams:
+            raise ValueError("no stream this sink can write")
+
+    def write(self, stream_index: int, unit: MediaUnit) -> None:
+        if self._closed:
+            return
+        ours = self._map.get(stream_index)
+        if ours is None:
+            return
+        info = self._streams[ours]
+        t = min(unit_seconds(unit), float(unit.dts * unit.info.time_base))
+        cut_point = unit.key and (info.kind.is_video or not self._has_video)
+        if self._container is None:
+            if self._has_video and not (info.kind.is_video and unit.key):
+                self.dropped += 1  # a file starts at a video keyframe
+                return
+            self._start_file(t, ours, unit)
+        elif cut_point and self._due(t):
+            self._finish_file()
+            self._start_file(t, ours, unit)
+        self._mux(ours, unit)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._finish_file()
+
+    # -- internals -------------------------------------------------------------------------------
+    def _due(self, t: float) -> bool:
+        return t - self._offset >= self.max_seconds or self._bytes >= self.max_bytes
+
+    def _start_file(self, t: float, ours: int, unit: MediaUnit) -> None:
+        self._streams[ours] = complete_info(self._streams[ours], unit)
+        self.index += 1
+        self._name = naming.file_name(self.base, self.track_type, self.index, self.extension)
+        path = self.directory / self._name
+        container = av.open(str(path), "w", format=self.format_name, options=dict(self.container_options))
+        assert isinstance(container, OutputContainer)
+        self._out = [declare_stream(container, info) for info in self._streams]
+        self._container = container
+        self._offset = t
+        self._begin_ms = self.wall0_ms + round(t * 1000)
+        self._end_s = t
+        self._bytes = 0
+        self._last_dts = {}
+        self.files.append(self._name)
+        logger.info("file started", extra={"file": self._name, "begin_ms": self._begin_ms})
+        self._emit(end_ms=None, final=False)
+
+    def _mux(self, ours: int, unit: MediaUnit) -> None:
+        container = self._container
+        assert container is not None
+        info = self._streams[ours]
+        tb = unit.info.time_base
+        shift = round(Fraction(self._offset) / tb) if self._offset else 0
+        shifted = replace(unit, pts=unit.pts - shift, dts=unit.dts - shift)
+        last = self._last_dts.get(ours)
+        if shifted.dts < 0 or shifted.pts < 0 or (last is not None and shifted.dts <= last):
+            self.dropped += 1
+            return
+        try:
+            container.mux(make_packet(shifted, self._out[ours], self.payload(info, unit)))
+        except (av.error.FFmpegError, ValueError) as exc:
+            self.errors += 1
+            if not self._warned:
+                self._warned = True
+                logger.warning("packet not written", extra={"file": self._name, "error": str(exc)})
+            return
+        self._last_dts[ours] = shifted.dts
+        self._bytes += len(unit.data)
+        self._end_s = max(self._end_s, unit_end_seconds(unit))
+
+    def _finish_file(self) -> None:
+        container, self._container = self._container, None
+        if container is None:
+            return
+        try:
+            container.close()
+        except (av.error.FFmpegError, OSError) as exc:
+            logger.warning("file not finalized", extra={"file": self._name, "error": str(exc)})
+        end_ms = self.wall0_ms + round(self._end_s * 1000)
+        logger.info("file finished", extra={"file": self._name, "end_ms": end_ms})
+        self._emit(end_ms=end_ms, final=True)
+
+    def _emit(self, *, end_ms: int | None, final: bool) -> None:
+        if self.on_event is None:
+            return
+        self.on_event(
+            FileEvent(
+                name=self._name,
+                kind="file",
+                track_type=track_type_of(self._streams, self.track_type),
+                user_id=self.user_id,
+                media=self.media,
+                begin_ms=self._begin_ms,
+                end_ms=end_ms,
+                final=final,
+            )
+        )
+
+    @property
+    def path(self) -> Path | None:
+        """The file being written now."""
+        return self.directory / self._name if self._container is not None else None
+
+
+class Mp4Sink(RotatingFileSink):
+    """Fragmented MP4: `<base>[_<type>]_<index>.mp4`; rotation as in `RotatingFileSink`."""
+
+    format_name = "mp4"
+    extension = "mp4"
+    container_options = MP4_OPTIONS
+

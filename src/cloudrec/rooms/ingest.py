@@ -1,0 +1,154 @@
+"""Pull a media URL (file, HTTP, HLS, RTMP, RTSP) into a room as a user, paced in real time.
+
+Packets are published as they are (no decode): each recorder decides whether to copy or transcode.
+One offset per pass maps the source's timestamps onto the room clock for all its tracks, so the
+source's own audio/video alignment is kept (MEDIA.md §1); loops continue seamlessly.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from enum import Enum
+from fractions import Fraction
+
+import av
+import av.error
+
+from cloudrec.core.ingest import IngestSpec
+from cloudrec.core.media import MediaUnit, StreamInfo
+from cloudrec.core.spec import TrackKind
+from cloudrec.rooms.registry import Participant, Room, Track
+
+logger = logging.getLogger(__name__)
+
+OPEN_TIMEOUT = 10.0  # seconds to open a URL and between reads
+
+
+class IngestEnd(Enum):
+    FINISHED = "finished"  # every repeat played
+    STOPPED = "stopped"  # asked to stop
+    MAX_DURATION = "max_duration"
+    FAILED = "failed"  # the URL could not be opened or read
+
+
+def _stream_info(stream: av.stream.Stream, kind: TrackKind) -> StreamInfo:
+    ctx = stream.codec_context
+    tb = stream.time_base or Fraction(1, 90000)
+    if kind is TrackKind.AUDIO:
+        return StreamInfo(
+            kind=kind, codec=ctx.name, time_base=Fraction(tb), extradata=ctx.extradata,
+            sample_rate=ctx.sample_rate or 0, channels=ctx.channels or 0,
+            layout=ctx.layout.name if ctx.layout else None, bit_rate=ctx.bit_rate or 0,
+        )
+    return StreamInfo(
+        kind=kind, codec=ctx.name, time_base=Fraction(tb), extradata=ctx.extradata, width=ctx.width or 0,
+        height=ctx.height or 0, pix_fmt=ctx.pix_fmt, bit_rate=ctx.bit_rate or 0,
+    )
+
+
+class IngestPublisher:
+    def __init__(self, room: Room, spec: IngestSpec, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.room = room
+        self.spec = spec
+        self.clock = clock
+        self.participant: Participant | None = None
+        self.units = 0
+        self.started_at: float | None = None
+        self._infos: dict[TrackKind, StreamInfo] = {}
+
+    def run(self, stop: threading.Event) -> IngestEnd:
+        """Thread body: play every URL `repeat` times (or forever), then leave the room."""
+        self.started_at = self.clock()
+        deadline = self.started_at + self.spec.max_duration_seconds
+        next_start = self.started_at
+        plays = 0
+        try:
+            while self.spec.repeat < 0 or plays < self.spec.repeat:
+                for url in self.spec.urls:
+                    end = self._play(url, next_start, stop, deadline, seek=self.spec.seek_seconds if plays == 0 else 0.0)
+                    if isinstance(end, IngestEnd):
+                        return end
+                    next_start = end
+                plays += 1
+            return IngestEnd.FINISHED
+        finally:
+            if self.participant is not None:
+                self.room.leave(self.participant)
+
+    def _play(self, url: str, start: float, stop: threading.Event, deadline: float, seek: float) -> float | IngestEnd:
+        """Play one URL once; returns the room time at which it ended (where the next pass starts)."""
+        try:
+            container = av.open(url, timeout=(OPEN_TIMEOUT, OPEN_TIMEOUT), options={"rw_timeout": str(int(OPEN_TIMEOUT * 1e6))})
+        except (av.error.FFmpegError, OSError) as exc:
+            logger.warning("ingest source cannot be opened", extra={"user_id": self.spec.user_id, "error": str(exc)})
+            return IngestEnd.FAILED
+        with container:
+            chosen: dict[int, TrackKind] = {}
+            video = next((s for s in container.streams.video if s.codec_context.name), None)
+            audio = next((s for s in container.streams.audio if s.codec_context.name), None)
+            if video is not None:
+                chosen[video.index] = TrackKind.MAIN
+            if audio is not None:
+                chosen[audio.index] = TrackKind.AUDIO
+            if not chosen:
+                logger.warning("ingest source has no audio or video", extra={"user_id": self.spec.user_id})
+                return IngestEnd.FAILED
+            if seek > 0:
+                try:
+                    container.seek(int(seek * av.time_base))
+                except av.error.FFmpegError:
+                    logger.warning("ingest seek failed", extra={"user_id": self.spec.user_id})
+            tracks = self._tracks({container.streams[i]: k for i, k in chosen.items()})
+            origin: float | None = None  # source seconds that map to `start`
+            end = start
+            try:
+                for packet in container.demux([container.streams[i] for i in chosen]):
+                    if stop.is_set():
+                        return IngestEnd.STOPPED
+                    if self.clock() >= deadline:
+                        return IngestEnd.MAX_DURATION
+                    if packet.size == 0 or (packet.pts is None and packet.dts is None):
+                        continue
+                    tb = packet.time_base
+                    dts = packet.dts if packet.dts is not None else packet.pts
+                    pts = packet.pts if packet.pts is not None else dts
+                    if origin is None:
+                        origin = float(dts * tb)
+                    at = start + float(dts * tb) - origin
+                    wait = at - self.clock()
+                    if wait > 0:
+                        if stop.wait(wait):
+                            return IngestEnd.STOPPED
+                    shift = round((start - origin) / tb)
+                    kind = chosen[packet.stream.index]
+                    unit = MediaUnit(
+                        data=bytes(packet), pts=pts + shift, dts=dts + shift, duration=packet.duration or 0,
+                        key=packet.is_keyframe, info=self._infos[kind],
+                    )
+                    tracks[kind].publish(unit)
+                    self.units += 1
+                    end = max(end, start + float((pts + (packet.duration or 0)) * tb) - origin)
+            except av.error.FFmpegError as exc:
+                logger.warning("ingest source read error", extra={"user_id": self.spec.user_id, "error": str(exc)})
+                if origin is None:
+                    return IngestEnd.FAILED
+            return end
+
+    def _tracks(self, streams: dict[av.stream.Stream, TrackKind]) -> dict[TrackKind, Track]:
+        if self.participant is None:
+            self.participant = self.room.join(self.spec.user_id)
+        out: dict[TrackKind, Track] = {}
+        for stream, kind in streams.items():
+            info = _stream_info(stream, kind)
+            same = self._infos.get(kind) == info
+            if not same:
+                self._infos[kind] = info  # a new object tells recorders the parameters changed
+            track = self.participant.tracks.get(kind)
+            out[kind] = track if track is not None and not track.closed else self.participant.add_track(kind)
+        for kind in list(self.participant.tracks):
+            if kind not in out:
+                self.participant.remove_track(kind)
+        return out

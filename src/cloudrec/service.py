@@ -1,0 +1,77 @@
+"""The embedded service: store, rooms, worker and HTTP API in one process, wired from settings."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import uvicorn
+
+from cloudrec.api.app import create_app
+from cloudrec.control.apps import AppInfo
+from cloudrec.control.limits import RateLimiter
+from cloudrec.control.tasks import TaskControl
+from cloudrec.dialects.tencent.gateway import TencentGateway
+from cloudrec.dialects.tencent.trtc import TrtcActions
+from cloudrec.rooms.registry import RoomRegistry
+from cloudrec.settings import Settings
+from cloudrec.store.sql import SqlTaskStore
+from cloudrec.worker.scheduler import Worker
+from cloudrec.worker.session import SessionConfig
+
+logger = logging.getLogger(__name__)
+
+
+class Service:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = SqlTaskStore(settings.db_url)
+        self.registry = RoomRegistry()
+        self.worker = Worker(
+            self.store, self.registry,
+            SessionConfig(storage_dir=settings.storage_dir, latency_seconds=settings.latency_seconds,
+                          segment_seconds=settings.hls_segment_seconds),
+        )
+        apps = {a.id: AppInfo(id=a.id, key=a.key, max_concurrent_tasks=a.max_concurrent_tasks,
+                              require_private_map_key=a.require_private_map_key, rate_per_second=a.rate_per_second) for a in settings.apps}
+        self.control = TaskControl(
+            self.store,
+            max_concurrent=lambda app_id: apps[app_id].max_concurrent_tasks if app_id in apps else 0,
+            wake_workers=self.worker.wake,
+        )
+        gateway = TencentGateway(
+            trtc_actions=TrtcActions(self.control, apps),
+            app_rate=lambda app_id: apps[app_id].rate_per_second if app_id in apps else None,
+            lookup_secret=settings.secret_for,
+            rate_limiter=RateLimiter(settings.rate_limit_per_second),
+            window_seconds=settings.signature_window_seconds,
+            max_body_bytes=settings.max_body_bytes,
+        )
+        self.ready = False
+        self.app = create_app(tencent=gateway, ready=lambda: self.ready)
+        self._server: uvicorn.Server | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until `stop` is set, then finalize every running task and return."""
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await self.store.start()
+        await self.worker.start()
+        config = uvicorn.Config(self.app, host=self.settings.http_host, port=self.settings.http_port,
+                                log_config=None, access_log=False, lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        serving = asyncio.create_task(self._server.serve())
+        while not self._server.started and not serving.done():
+            await asyncio.sleep(0.02)
+        if serving.done():
+            await serving  # surfaces "address in use" and the like
+        self.ready = True
+        logger.info("cloudrec ready", extra={"http": f"{self.settings.http_host}:{self.settings.http_port}"})
+        await stop.wait()
+        logger.info("cloudrec stopping")
+        self.ready = False
+        await self.worker.stop()
+        self._server.should_exit = True
+        await serving
+        await self.store.stop()
+        logger.info("cloudrec stopped")

@@ -1,0 +1,127 @@
+"""The TOML config file → frozen settings. Relative paths are relative to the config file."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cloudrec.errors import InvalidRequest
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppSettings:
+    id: int  # SdkAppId
+    key: str = field(repr=False)  # UserSig secret
+    callback_url: str | None = None
+    callback_key: str = field(default="", repr=False)
+    max_concurrent_tasks: int = 100
+    require_private_map_key: bool = False
+    rate_per_second: float | None = None  # API calls per action; None = [limits] rate_per_second
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Credential:
+    id: str  # SecretId
+    secret: str = field(repr=False)  # SecretKey
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    rtmp_host: str = "127.0.0.1"
+    rtmp_port: int = 1935
+    data_dir: Path = Path("data")
+    database_url: str | None = None  # default: SQLite file under data_dir
+    rate_limit_per_second: float = 20.0  # per app, per action
+    max_body_bytes: int = 1 << 20
+    signature_window_seconds: int = 300
+    latency_seconds: float = 0.3  # mixing jitter allowance (MEDIA.md §1)
+    hls_segment_seconds: float = 4.0
+    worker_poll_seconds: float = 0.2
+    log_level: str = "INFO"
+    apps: tuple[AppSettings, ...] = ()
+    credentials: tuple[Credential, ...] = ()
+
+    @property
+    def storage_dir(self) -> Path:
+        return self.data_dir / "storage"
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'cloudrec.db'}"
+
+    def app(self, app_id: int) -> AppSettings | None:
+        return next((a for a in self.apps if a.id == app_id), None)
+
+    def secret_for(self, secret_id: str) -> str | None:
+        return next((c.secret for c in self.credentials if c.id == secret_id), None)
+
+
+def _listen(value: Any, name: str) -> tuple[str, int]:
+    if not isinstance(value, str) or ":" not in value:
+        raise InvalidRequest(f"[server] {name} must look like 127.0.0.1:8080", field=name)
+    host, _, port = value.rpartition(":")
+    try:
+        return host.strip("[]"), int(port)
+    except ValueError as exc:
+        raise InvalidRequest(f"[server] {name} has a bad port", field=name) from exc
+
+
+def parse_settings(raw: dict[str, Any], base_dir: Path) -> Settings:
+    server = raw.get("server", {})
+    limits = raw.get("limits", {})
+    media = raw.get("media", {})
+    http_host, http_port = _listen(server.get("http_listen", "127.0.0.1:8080"), "http_listen")
+    rtmp_host, rtmp_port = _listen(server.get("rtmp_listen", "127.0.0.1:1935"), "rtmp_listen")
+    data_dir = Path(server.get("data_dir", "data"))
+    if not data_dir.is_absolute():
+        data_dir = (base_dir / data_dir).resolve()
+    apps = []
+    for a in raw.get("apps", []):
+        try:
+            apps.append(
+                AppSettings(
+                    id=int(a["id"]),
+                    key=str(a["key"]),
+                    callback_url=a.get("callback_url"),
+                    callback_key=str(a.get("callback_key", "")),
+                    max_concurrent_tasks=int(a.get("max_concurrent_tasks", limits.get("max_concurrent_tasks", 100))),
+                    require_private_map_key=bool(a.get("require_private_map_key", False)),
+                    rate_per_second=float(a["rate_per_second"]) if "rate_per_second" in a else None,
+                )
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidRequest("each [[apps]] needs an integer id and a key", field="apps") from exc
+    creds = []
+    for c in raw.get("credentials", []):
+        try:
+            creds.append(Credential(id=str(c["id"]), secret=str(c["secret"])))
+        except KeyError as exc:
+            raise InvalidRequest("each [[credentials]] needs id and secret", field="credentials") from exc
+    return Settings(
+        http_host=http_host,
+        http_port=http_port,
+        rtmp_host=rtmp_host,
+        rtmp_port=rtmp_port,
+        data_dir=data_dir,
+        database_url=raw.get("database", {}).get("url"),
+        rate_limit_per_second=float(limits.get("rate_per_second", 20)),
+        max_body_bytes=int(limits.get("max_body_bytes", 1 << 20)),
+        signature_window_seconds=int(limits.get("signature_window_seconds", 300)),
+        latency_seconds=float(media.get("latency_ms", 300)) / 1000.0,
+        hls_segment_seconds=float(media.get("hls_segment_seconds", 4.0)),
+        log_level=str(server.get("log_level", "INFO")),
+        apps=tuple(apps),
+        credentials=tuple(creds),
+    )
+
+
+def load_settings(path: Path) -> Settings:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise InvalidRequest(f"cannot read config {path}: {exc}") from exc
+    return parse_settings(raw, path.parent.resolve())

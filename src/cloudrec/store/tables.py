@@ -1,0 +1,68 @@
+"""The task store's tables (SQLAlchemy Core; the same definitions serve SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+tasks = sa.Table(
+    "tasks",
+    metadata,
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # recording | ingest
+    sa.Column("dialect", sa.String(32), nullable=False),  # which API created it (formats its views)
+    sa.Column("app_id", sa.BigInteger, nullable=False),
+    sa.Column("room_id", sa.String(256), nullable=False),
+    sa.Column("room_id_type", sa.Integer, nullable=False),
+    sa.Column("user_id", sa.String(256), nullable=False),  # robot (recording) or ingest user
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("spec", sa.Text, nullable=False),  # JSON of RecordingSpec / IngestSpec
+    sa.Column("spec_version", sa.Integer, nullable=False, default=1),
+    sa.Column("created_at", sa.Float, nullable=False),  # unix seconds
+    sa.Column("expires_at", sa.Float, nullable=False),  # API lifetime end
+    sa.Column("begin_ms", sa.BigInteger),  # first media recorded (unix ms)
+    sa.Column("ended_at", sa.Float),
+    sa.Column("stop_requested", sa.Integer),  # StopReason asked for by the API
+    sa.Column("stop_reason", sa.Integer),  # StopReason the task ended with
+    sa.Column("worker_id", sa.String(64)),
+    sa.Column("heartbeat_at", sa.Float),
+    sa.Column("error", sa.Text),
+)
+sa.Index("tasks_app_state", tasks.c.app_id, tasks.c.kind, tasks.c.state)
+
+files = sa.Table(
+    "files",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("task_id", sa.String(128), sa.ForeignKey("tasks.id"), nullable=False, index=True),
+    sa.Column("name", sa.String(512), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),  # playlist | segment | file
+    sa.Column("track_type", sa.String(16), nullable=False),
+    sa.Column("user_id", sa.String(256), nullable=False),
+    sa.Column("media", sa.String(8), nullable=False),
+    sa.Column("begin_ms", sa.BigInteger, nullable=False),
+    sa.Column("end_ms", sa.BigInteger),
+    sa.Column("final", sa.Boolean, nullable=False, default=False),
+    sa.UniqueConstraint("task_id", "name", name="files_task_name"),
+)
+
+events = sa.Table(  # the callback outbox: written in the same transaction as the change it reports
+    "events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("task_id", sa.String(128), nullable=False, index=True),
+    sa.Column("app_id", sa.BigInteger, nullable=False),
+    sa.Column("type", sa.String(32), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+    sa.Column("delivered_ms", sa.BigInteger),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+)
+
+schema_version = sa.Table(
+    "schema_version",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("applied_at", sa.Float, nullable=False),
+)

@@ -1,0 +1,1 @@
+"""Command-line tools: sample media, sync checks."""

@@ -1,0 +1,398 @@
+"""One task wired end to end: room subscriptions → media pipelines (threads) → sinks → store.
+
+The session is the only place that knows about rooms, pipelines and the store at once. It runs on
+the event loop and does no codec work: pipelines run in their own threads and report files
+through a thread-safe queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cloudrec.core import naming
+from cloudrec.core.ingest import IngestSpec
+from cloudrec.core.layout import Participant as LayoutParticipant
+from cloudrec.core.media import FileEvent, PacketSink, StreamInfo
+from cloudrec.core.records import from_plain
+from cloudrec.core.spec import MediaSelect, RecordingSpec, RecordMode, TrackKind
+from cloudrec.core.states import StopReason, TaskState
+from cloudrec.core.tasks import FileRecord, TaskRecord
+from cloudrec.media.mixed import MixedPipeline
+from cloudrec.media.single import SinglePipeline
+from cloudrec.output.factory import make_sinks
+from cloudrec.rooms.ingest import IngestEnd, IngestPublisher
+from cloudrec.rooms.registry import Room, RoomRegistry, RoomSnapshot, Track, TrackSubscriber
+from cloudrec.storage.local import task_directory
+from cloudrec.store.base import TaskStore
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionConfig:
+    storage_dir: Path
+    latency_seconds: float = 0.3
+    segment_seconds: float = 4.0
+    poll_seconds: float = 0.25
+
+
+class _Thread:
+    """A pipeline or publisher thread with its stop flag; exceptions are logged, never lost."""
+
+    def __init__(self, name: str, body: Callable[[threading.Event], Any], task_id: str) -> None:
+        self.stop = threading.Event()
+        self.result: Any = None
+        self.failed = False
+        self._task_id = task_id
+
+        def main() -> None:
+            try:
+                self.result = body(self.stop)
+            except Exception:
+                self.failed = True
+                logger.exception("pipeline thread failed", extra={"task_id": task_id, "thread": name})
+
+        self.thread = threading.Thread(target=main, name=name, daemon=True)
+        self.thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
+    async def finish(self) -> None:
+        self.stop.set()
+        await asyncio.to_thread(self.thread.join)
+
+
+class Session:
+    """What recording and ingest sessions share: polling the store for stop and change requests."""
+
+    def __init__(self, task: TaskRecord, store: TaskStore, config: SessionConfig) -> None:
+        self.task = task
+        self.store = store
+        self.config = config
+        self.spec_version = task.spec_version
+        self.local_stop: StopReason | None = None
+        self.kick = asyncio.Event()  # set to re-check the store at once
+        self.log = {"task_id": task.id}
+
+    def request_stop(self, reason: StopReason) -> None:
+        self.local_stop = reason
+        self.kick.set()
+
+    async def _sleep(self) -> None:
+        try:
+            await asyncio.wait_for(self.kick.wait(), self.config.poll_seconds)
+        except asyncio.TimeoutError:
+            pass
+        self.kick.clear()
+
+    async def _poll_store(self) -> tuple[StopReason | None, TaskRecord | None]:
+        """(stop reason if stopping, the task row if its spec changed)."""
+        if self.local_stop is not None:
+            return self.local_stop, None
+        row = await self.store.get_task(self.task.id)
+        if row is None:
+            return StopReason.FAILED, None
+        if row.stop_requested is not None:
+            return row.stop_requested, None
+        if row.spec_version != self.spec_version:
+            self.spec_version = row.spec_version
+            return None, row
+        return None, None
+
+
+# ----------------------------------------------------------------------------------------------
+# recording
+
+
+@dataclass(slots=True)
+class _SingleGroup:
+    """One single-stream file set: a user's video track and/or audio track."""
+
+    user_id: str
+    media: str  # main | aux
+    track_type: str  # audio | video | audio_video
+    tracks: dict[TrackKind, Track]
+    subs: dict[TrackKind, TrackSubscriber]
+    thread: _Thread
+    pipeline: SinglePipeline
+
+
+@dataclass(slots=True)
+class _MixState:
+    pipeline: MixedPipeline
+    thread: _Thread
+    subs: dict[tuple[str, TrackKind], TrackSubscriber] = field(default_factory=dict)
+    room_version: int = -1
+    layout_sent: Any = None
+
+
+class RecordingSession(Session):
+    def __init__(self, task: TaskRecord, store: TaskStore, config: SessionConfig, registry: RoomRegistry) -> None:
+        super().__init__(task, store, config)
+        self.spec: RecordingSpec = from_plain(RecordingSpec, json.loads(task.spec))
+        self.room: Room = registry.room(self.spec.room)
+        self.directory = task_directory(config.storage_dir, self.spec.storage, task.id)
+        self.events: asyncio.Queue[FileEvent] = asyncio.Queue()
+        self.loop = asyncio.get_running_loop()
+        self.single: dict[tuple[str, str, str], _SingleGroup] = {}
+        self.single_runs: dict[tuple[str, str, str], int] = {}
+        self.mix: _MixState | None = None
+        self.state = task.state
+        self.begin_ms = task.begin_ms
+
+    # --- main loop --------------------------------------------------------------------------
+    async def run(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        logger.info("recording started", extra={**self.log, "room": str(self.spec.room), "mode": self.spec.mode.name})
+        await self.store.add_event(self.task.id, self.spec.room.app_id, "recorder_start", {"status": 0})
+        idle_since = time.monotonic()
+        reason: StopReason | None = None
+        try:
+            while reason is None:
+                reason, changed = await self._poll_store()
+                if reason is not None:
+                    break
+                if changed is not None:
+                    self.spec = from_plain(RecordingSpec, json.loads(changed.spec))
+                    logger.info("recording spec applied", extra={**self.log, "spec_version": self.spec_version})
+                snapshot = self.room.snapshot()
+                wanted = self._wanted(snapshot)
+                now = time.monotonic()
+                if wanted:
+                    idle_since = now
+                elif now - idle_since >= self.spec.max_idle_seconds:
+                    reason = StopReason.IDLE
+                    break
+                if self.spec.mode is RecordMode.MIXED:
+                    self._reconcile_mix(snapshot, wanted)
+                else:
+                    self._reconcile_single(wanted)
+                await self._drain_events()
+                await self._update_state(bool(wanted))
+                await self._sleep()
+        except Exception:
+            logger.exception("recording session failed", extra=self.log)
+            reason = StopReason.FAILED
+        await self._finish(reason)
+
+    async def _update_state(self, publishing: bool) -> None:
+        recording = publishing and (
+            (self.mix is not None and self.mix.pipeline.stats.frames_out + self.mix.pipeline.stats.samples_out > 0)
+            or any(g.pipeline.begin_ms is not None and g.thread.alive for g in self.single.values())
+        )
+        state = TaskState.IN_PROGRESS if recording else TaskState.IDLE
+        if state is not self.state:
+            self.state = state
+            await self.store.set_state(self.task.id, state)
+            logger.info("recording state", extra={**self.log, "state": state.value})
+
+    async def _finish(self, reason: StopReason) -> None:
+        self.state = TaskState.EXITING
+        await self.store.set_state(self.task.id, TaskState.EXITING, stop_reason=reason)
+        logger.info("recording stopping", extra={**self.log, "reason": reason.name})
+        threads = [g.thread for g in self.single.values()] + ([self.mix.thread] if self.mix else [])
+        await asyncio.gather(*(t.finish() for t in threads))
+        for g in self.single.values():
+            for s in g.subs.values():
+                s.close()
+        if self.mix is not None:
+            for s in self.mix.subs.values():
+                s.close()
+        await self._drain_events()
+        await self.store.set_state(self.task.id, TaskState.ENDED, stop_reason=reason)
+        await self.store.add_event(self.task.id, self.spec.room.app_id, "recorder_stop", {"reason": int(reason)})
+        logger.info("recording ended", extra={**self.log, "reason": reason.name})
+
+    # --- what to record -----------------------------------------------------------------------
+    def _wanted(self, snapshot: RoomSnapshot) -> dict[tuple[str, TrackKind], Track]:
+        """Tracks this task subscribes to right now (stream type, allow/block lists, MediaId)."""
+        spec = self.spec
+        present = snapshot.user_ids
+        out: dict[tuple[str, TrackKind], Track] = {}
+        for p in snapshot.participants:
+            if p.user_id == spec.robot_user_id or p.user_id in self.room.blocked:
+                continue
+            for kind, track in list(p.tracks.items()):
+                if track.closed:
+                    continue
+                if kind is TrackKind.AUDIO and not spec.stream_type.audio:
+                    continue
+                if kind.is_video and not spec.stream_type.video:
+                    continue
+                if spec.mode is RecordMode.SINGLE and kind.is_video:
+                    if (kind is TrackKind.MAIN and spec.media_select is MediaSelect.AUX) or (
+                        kind is TrackKind.AUX and spec.media_select is MediaSelect.MAIN
+                    ):
+                        continue
+                if spec.subscription.wants(p.user_id, kind, present):
+                    out[(p.user_id, kind)] = track
+        return out
+
+    def _on_file(self, event: FileEvent) -> None:
+        """Called from pipeline threads."""
+        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+    async def _drain_events(self) -> None:
+        while not self.events.empty():
+            ev = self.events.get_nowait()
+            await self.store.put_file(
+                self.task.id,
+                FileRecord(name=ev.name, kind=ev.kind, track_type=ev.track_type, user_id=ev.user_id, media=ev.media,
+                           begin_ms=ev.begin_ms, end_ms=ev.end_ms, final=ev.final),
+            )
+            if self.begin_ms is None:
+                self.begin_ms = ev.begin_ms
+                await self.store.set_state(self.task.id, self.state, begin_ms=ev.begin_ms)
+            logger.info("file", extra={**self.log, "file": ev.name, "final": ev.final})
+
+    def _sinks(self, base: str, track_type: str | None, user_id: str, media: str, wall0_ms: int,
+               has_video: bool, has_audio: bool) -> list[PacketSink]:
+        return make_sinks(
+            self.spec.outputs, directory=self.directory, base=base, track_type=track_type, user_id=user_id,
+            media=media, wall0_ms=wall0_ms, max_file_seconds=self.spec.max_file_minutes * 60.0,
+            has_video=has_video, has_audio=has_audio, on_event=self._on_file,
+        )
+
+    # --- mixed ------------------------------------------------------------------------------
+    def _reconcile_mix(self, snapshot: RoomSnapshot, wanted: dict[tuple[str, TrackKind], Track]) -> None:
+        if self.mix is None:
+            if not any(t.units for t in wanted.values()):
+                return  # the recording starts with the first media (BeginTimeStamp)
+            self._start_mix()
+        mix = self.mix
+        assert mix is not None
+        changed = snapshot.version != mix.room_version or self.spec.layout != mix.layout_sent
+        for key, sub in list(mix.subs.items()):
+            if key not in wanted or sub.track is not wanted[key]:
+                sub.close()
+                del mix.subs[key]
+                changed = True
+        for key, track in wanted.items():
+            if key not in mix.subs:
+                mix.subs[key] = track.subscribe()
+                changed = True
+        if not changed:
+            return
+        video_ok = {k for k in mix.subs if k[1].is_video}
+        participants = [p for p in snapshot.layout_participants(video_ok)
+                        if any(u == p.user_id for u, _ in mix.subs)]
+        mix.pipeline.update(
+            participants=participants,
+            video={k: s for k, s in mix.subs.items() if k[1].is_video},
+            audio={u: s for (u, k), s in mix.subs.items() if k is TrackKind.AUDIO},
+            layout=self.spec.layout,
+        )
+        mix.room_version = snapshot.version
+        mix.layout_sent = self.spec.layout
+
+    def _start_mix(self) -> None:
+        spec = self.spec
+        t0 = time.monotonic()
+        wall0_ms = int(time.time() * 1000)
+        sinks = self._sinks(naming.mixed_base(spec.room), None, "", "mix", wall0_ms,
+                            spec.stream_type.video, spec.stream_type.audio)
+        pipeline = MixedPipeline(
+            video=spec.video if spec.stream_type.video else None,
+            audio=spec.audio if spec.stream_type.audio else None,
+            layout=spec.layout, fill_type=spec.fill_type, sinks=sinks, t0=t0, latency=self.config.latency_seconds,
+        )
+        self.mix = _MixState(pipeline=pipeline, thread=_Thread(f"mix-{self.task.id[:8]}", pipeline.run, self.task.id))
+        logger.info("mix started", extra=self.log)
+
+    # --- single-stream ----------------------------------------------------------------------
+    def _groups(self, wanted: dict[tuple[str, TrackKind], Track]) -> dict[tuple[str, str, str], dict[TrackKind, Track]]:
+        groups: dict[tuple[str, str, str], dict[TrackKind, Track]] = {}
+        for (user, kind), track in wanted.items():
+            if kind is TrackKind.AUDIO:
+                merge = self.spec.av_merge and (user, TrackKind.MAIN) in wanted
+                key = (user, "main", "audio_video" if merge else "audio")
+            elif kind is TrackKind.MAIN:
+                merge = self.spec.av_merge and (user, TrackKind.AUDIO) in wanted
+                key = (user, "main", "audio_video" if merge else "video")
+            else:
+                key = (user, "aux", "video")
+            groups.setdefault(key, {})[kind] = track
+        return groups
+
+    def _reconcile_single(self, wanted: dict[tuple[str, TrackKind], Track]) -> None:
+        groups = self._groups(wanted)
+        for key, group in list(self.single.items()):
+            current = groups.get(key)
+            stale = current is None or any(current.get(k) is not t for k, t in group.tracks.items())
+            if not group.thread.alive or (stale and group.pipeline.begin_ms is None and current is not None):
+                # finished by itself (tracks ended), or its tracks were replaced before it started
+                if group.thread.alive:
+                    group.thread.stop.set()
+                for s in group.subs.values():
+                    s.close()
+                del self.single[key]
+        for key, tracks in groups.items():
+            if key not in self.single:
+                self._start_single(key, tracks)
+
+    def _start_single(self, key: tuple[str, str, str], tracks: dict[TrackKind, Track]) -> None:
+        user, media, track_type = key
+        run = self.single_runs[key] = self.single_runs.get(key, 0) + 1
+        video_kind = TrackKind.AUX if media == "aux" else TrackKind.MAIN
+        base = naming.user_base(self.spec.room, user, video_kind)
+        if run > 1:
+            base = f"{base}_{run}"  # a user who publishes again gets a new file set, never an overwrite
+        subs = {k: t.subscribe() for k, t in tracks.items()}
+        video_sub = next((s for k, s in subs.items() if k.is_video), None)
+        audio_sub = subs.get(TrackKind.AUDIO)
+
+        def factory(streams: list[StreamInfo], begin_ms: int) -> list[PacketSink]:
+            has_video = any(s.kind.is_video for s in streams)
+            has_audio = any(s.kind is TrackKind.AUDIO for s in streams)
+            return self._sinks(base, track_type, user, media, begin_ms, has_video, has_audio)
+
+        pipeline = SinglePipeline(video=video_sub, audio=audio_sub, sinks_factory=factory,
+                                  video_encoding=self.spec.video, audio_encoding=self.spec.audio)
+        thread = _Thread(f"single-{user}-{media}-{track_type}", pipeline.run, self.task.id)
+        self.single[key] = _SingleGroup(user_id=user, media=media, track_type=track_type, tracks=dict(tracks),
+                                        subs=subs, thread=thread, pipeline=pipeline)
+        logger.info("single-stream recording started", extra={**self.log, "user_id": user, "media": media, "track": track_type})
+
+
+# ----------------------------------------------------------------------------------------------
+# ingest
+
+
+class IngestSession(Session):
+    def __init__(self, task: TaskRecord, store: TaskStore, config: SessionConfig, registry: RoomRegistry) -> None:
+        super().__init__(task, store, config)
+        self.spec: IngestSpec = from_plain(IngestSpec, json.loads(task.spec))
+        self.room = registry.room(self.spec.room)
+
+    async def run(self) -> None:
+        reason: StopReason | None = None
+        publisher = IngestPublisher(self.room, self.spec)
+        thread = _Thread(f"ingest-{self.task.id[:8]}", publisher.run, self.task.id)
+        await self.store.set_state(self.task.id, TaskState.IN_PROGRESS)
+        logger.info("ingest started", extra={**self.log, "room": str(self.spec.room), "user_id": self.spec.user_id})
+        while reason is None:
+            reason, changed = await self._poll_store()
+            if changed is not None:  # UpdateStreamIngest: play the new URL from now on
+                self.spec = from_plain(IngestSpec, json.loads(changed.spec))
+                await thread.finish()
+                publisher = IngestPublisher(self.room, self.spec)
+                thread = _Thread(f"ingest-{self.task.id[:8]}", publisher.run, self.task.id)
+            elif reason is None and not thread.alive:
+                end = thread.result
+                reason = StopReason.FAILED if thread.failed or end is IngestEnd.FAILED else StopReason.API
+                logger.info("ingest finished", extra={**self.log, "end": getattr(end, "value", "failed")})
+                break
+            await self._sleep()
+        await thread.finish()
+        await self.store.set_state(self.task.id, TaskState.ENDED, stop_reason=reason)
+        logger.info("ingest ended", extra={**self.log, "reason": reason.name if reason else ""})
