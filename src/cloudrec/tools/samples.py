@@ -36,7 +36,9 @@ class SampleSpec:
 def write_sample(spec: SampleSpec) -> Path:
     """Write an MP4 (H.264 + AAC) or, by extension, FLV/TS with the same content."""
     spec.path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(spec.path), "w") as out:
+    # faststart puts the index first, so the file can be streamed over HTTP without range requests
+    options = {"movflags": "faststart"} if spec.path.suffix == ".mp4" else {}
+    with av.open(str(spec.path), "w", options=options) as out:
         vs = out.add_stream("libx264", rate=spec.fps) if spec.video else None
         if vs is not None:
             vs.width, vs.height, vs.pix_fmt = spec.width, spec.height, "yuv420p"
@@ -49,41 +51,57 @@ def write_sample(spec: SampleSpec) -> Path:
             as_.bit_rate = 64_000
         n_frames = int(round(spec.seconds * spec.fps))
         font = ImageFont.load_default(size=max(12, spec.height // 8)) if spec.text else None
+        base = np.empty((spec.height, spec.width, 3), dtype=np.uint8)
+        base[:] = spec.color
+        total = int(spec.seconds * spec.sample_rate)
+        t = np.arange(total) / spec.sample_rate
+        tone = (0.3 * np.sin(2 * np.pi * spec.tone_hz * t)).astype(np.float32)
+        chunk = 1024
+        audio_pos = 0
+        # Video and audio are produced in time order, so the file is interleaved like a real
+        # recording (a pull over plain HTTP reads it front to back).
+        for i in range(n_frames if vs is not None else 0):
+            frame = _frame(spec, base, font, i)
+            for p in vs.encode(frame):
+                out.mux(p)
+            while as_ is not None and audio_pos < min(total, (i + 1) * spec.sample_rate // spec.fps):
+                audio_pos = _encode_tone(out, as_, tone, audio_pos, chunk, spec.sample_rate)
         if vs is not None:
-            base = np.empty((spec.height, spec.width, 3), dtype=np.uint8)
-            base[:] = spec.color
-            for i in range(n_frames):
-                img = base.copy()
-                if spec.text:
-                    bar = (i * 8) % spec.width  # a moving bar shows motion in the contact sheet
-                    img[:, bar : bar + 8] = 255
-                    pil = Image.fromarray(img)
-                    draw = ImageDraw.Draw(pil)
-                    draw.text((16, 12), spec.label, fill=(255, 255, 255), font=font)
-                    draw.text((16, spec.height // 2), f"t={i / spec.fps:5.1f}s", fill=(255, 255, 255), font=font)
-                    img = np.asarray(pil)
-                frame = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
-                frame.pts = i
-                frame.time_base = Fraction(1, spec.fps)
-                for p in vs.encode(frame):
-                    out.mux(p)
             for p in vs.encode(None):
                 out.mux(p)
+        while as_ is not None and audio_pos < total:
+            audio_pos = _encode_tone(out, as_, tone, audio_pos, chunk, spec.sample_rate)
         if as_ is not None:
-            total = int(spec.seconds * spec.sample_rate)
-            t = np.arange(total) / spec.sample_rate
-            tone = (0.3 * np.sin(2 * np.pi * spec.tone_hz * t)).astype(np.float32)
-            chunk = 1024
-            for start in range(0, total, chunk):
-                part = tone[start : start + chunk]
-                if len(part) < chunk:
-                    part = np.pad(part, (0, chunk - len(part)))
-                frame = av.AudioFrame.from_ndarray(part.reshape(1, -1), format="fltp", layout="mono")
-                frame.sample_rate = spec.sample_rate
-                frame.pts = start
-                frame.time_base = Fraction(1, spec.sample_rate)
-                for p in as_.encode(frame):
-                    out.mux(p)
             for p in as_.encode(None):
                 out.mux(p)
     return spec.path
+
+
+def _frame(spec: SampleSpec, base: np.ndarray, font: ImageFont.FreeTypeFont | ImageFont.ImageFont | None, i: int) -> av.VideoFrame:
+    img = base.copy()
+    if spec.text:
+        bar = (i * 8) % spec.width  # a moving bar shows motion in the contact sheet
+        img[:, bar : bar + 8] = 255
+        pil = Image.fromarray(img)
+        draw = ImageDraw.Draw(pil)
+        draw.text((16, 12), spec.label, fill=(255, 255, 255), font=font)
+        draw.text((16, spec.height // 2), f"t={i / spec.fps:5.1f}s", fill=(255, 255, 255), font=font)
+        img = np.asarray(pil)
+    frame = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
+    frame.pts = i
+    frame.time_base = Fraction(1, spec.fps)
+    return frame
+
+
+def _encode_tone(out: av.container.OutputContainer, stream: av.audio.stream.AudioStream, tone: np.ndarray, pos: int,
+                 chunk: int, rate: int) -> int:
+    part = tone[pos : pos + chunk]
+    if len(part) < chunk:
+        part = np.pad(part, (0, chunk - len(part)))
+    frame = av.AudioFrame.from_ndarray(part.reshape(1, -1), format="fltp", layout="mono")
+    frame.sample_rate = rate
+    frame.pts = pos
+    frame.time_base = Fraction(1, rate)
+    for p in stream.encode(frame):
+        out.mux(p)
+    return pos + chunk

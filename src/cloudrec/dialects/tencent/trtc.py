@@ -308,7 +308,7 @@ class TrtcActions:
         if not urls:
             raise TencentError("MissingParameter", "missing parameter StreamUrl")
         for url in urls:
-            if not re.match(r"^(https?|rtmp|rtmps|rtsp|file)://", url, re.I):
+            if not re.match(r"^(https?|rtmp|rtmps|rtsp)://", url, re.I):
                 raise TencentError("InvalidParameter", "StreamUrl must be an http(s), rtmp or rtsp URL")
         repeat = p.int("RepeatNum", default=1, lo=-1, hi=1000)
         if repeat == 0:
