@@ -230,23 +230,9 @@ def sample_frame(path: Path, at_seconds: float) -> np.ndarray:
         return best.to_ndarray(format="rgb24")
 
 
-@contextmanager
-def http_files(directory: Path) -> Iterator[str]:
+
+def http_files(directory: Path) -> Any:
     """Serve `directory` over HTTP on loopback (the ingest pulls real http:// URLs)."""
-    import functools
-    import http.server
-    import threading
+    from cloudrec.tools.fileserver import serve_directory
 
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    handler = functools.partial(Quiet, directory=str(directory))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    return serve_directory(directory)
