@@ -15,7 +15,7 @@ from cloudrec.core.media import MediaUnit
 
 def room_seconds(pts: int, time_base: Fraction) -> float:
     """A room-clock pts as monotonic seconds."""
-    return float(pts * time_base)
+    return pts * time_base.numerator / time_base.denominator  # no Fraction objects: called per unit
 
 
 def unit_task_time(unit: MediaUnit, t0: float) -> float:
@@ -35,12 +35,12 @@ def monotonic_at(task_seconds: float, t0: float) -> float:
 
 def to_pts(task_seconds: float, time_base: Fraction) -> int:
     """Task time → nearest integer pts in `time_base`."""
-    return round(task_seconds / float(time_base))
+    return round(task_seconds * time_base.denominator / time_base.numerator)
 
 
 def from_pts(pts: int, time_base: Fraction) -> float:
     """Output pts in `time_base` → task time."""
-    return float(pts * time_base)
+    return pts * time_base.numerator / time_base.denominator
 
 
 def rescale(pts: int, src: Fraction, dst: Fraction) -> int:
