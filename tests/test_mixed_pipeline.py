@@ -59,6 +59,7 @@ def encode_source(colour: tuple[int, int, int], tone: float, seconds: float) -> 
         packets += v.encode(frame)
     packets += v.encode(None)
     for p in packets:
+        assert p.pts is not None
         t = float(p.pts * v.time_base)
         video.append((t, bytes(p), round(t / VIDEO_TB), p.is_keyframe))
     vinfo = StreamInfo(kind=TrackKind.MAIN, codec="h264", time_base=VIDEO_TB, width=SRC_W, height=SRC_H)
@@ -73,18 +74,18 @@ def encode_source(colour: tuple[int, int, int], tone: float, seconds: float) -> 
     apackets = []
     n_total = int(seconds * RATE)
     for start in range(0, n_total, 1024):
-        t = (np.arange(start, start + 1024) / RATE).astype(np.float64)
-        s = (0.2 * np.sin(2 * np.pi * tone * t)).astype(np.float32)
-        frame = av.AudioFrame.from_ndarray(np.stack([s, s]), format="fltp", layout="stereo")
-        frame.sample_rate = RATE
-        frame.pts = start
-        apackets += a.encode(frame)
+        ts = np.arange(start, start + 1024) / RATE
+        s = (0.2 * np.sin(2 * np.pi * tone * ts)).astype(np.float32)
+        aframe = av.AudioFrame.from_ndarray(np.stack([s, s]), format="fltp", layout="stereo")
+        aframe.sample_rate = RATE
+        aframe.pts = start
+        apackets += a.encode(aframe)
     apackets += a.encode(None)
     for p in apackets:
         if p.pts is None or p.pts < 0:
             continue
         audio.append((p.pts / RATE, bytes(p), p.pts))
-    ainfo = StreamInfo(kind=TrackKind.AUDIO, codec="aac", time_base=AUDIO_TB, extradata=bytes(a.extradata),
+    ainfo = StreamInfo(kind=TrackKind.AUDIO, codec="aac", time_base=AUDIO_TB, extradata=bytes(a.extradata or b""),
                        sample_rate=RATE, channels=2, layout="stereo")
     return Encoded(video=video, audio=audio, video_info=vinfo, audio_info=ainfo)
 

@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 MAX_QUEUED_FRAMES = 30  # decoded frames kept per video source ahead of the output
 MAX_IDLE_WAIT = 0.02  # seconds the loop sleeps at most between drains
 MAX_BEHIND_SECONDS = 0.5  # video further behind than this skips ticks
+LATE_TOLERANCE = 0.001  # seconds
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -122,6 +123,8 @@ class MixedPipeline:
         self._dropped_frames = 0
         self._skipped = 0
         self._first_at: float | None = None
+        self._video_done = -math.inf  # task time of the last video tick produced
+        self._audio_done = 0.0  # task time up to which audio was pulled from the mixer
         self._black = _black_frame()
         # Interleaving: audio units wait until video up to their time has been written, so every
         # sink sees the first video keyframe first and packets arrive in time order.
@@ -173,7 +176,7 @@ class MixedPipeline:
             while not stop.is_set():
                 self._apply_update(comp)
                 now = self._clock()
-                self._ingest(now, mixer)
+                self._ingest(mixer)
                 out_until = now - self._t0 - self._latency  # task time output is due up to
                 if venc is not None and comp is not None:
                     due = ticks_until(out_until, fps)
@@ -199,7 +202,7 @@ class MixedPipeline:
             # Stop: finish the timeline up to the stop time, so the files cover the whole task.
             end = self._clock() - self._t0
             self._apply_update(comp)
-            self._ingest(self._clock(), mixer, flush=True)
+            self._ingest(mixer, flush=True)
             if venc is not None and comp is not None:
                 n_end = ticks_until(end - 1e-9, fps) if end > 0 else 0
                 while tick < n_end:
@@ -263,17 +266,18 @@ class MixedPipeline:
             logger.warning("no decoder for track", extra={"codec": unit.info.codec})
             return None
 
-    def _is_late(self, unit: MediaUnit, now_task: float) -> bool:
-        tt = unit_task_time(unit, self._t0)
-        return tt < 0 or tt < now_task - self._latency
+    def _is_late(self, unit: MediaUnit, done_until: float) -> bool:
+        """Before task zero, or for a time the output has already been produced for (the
+        latency window has passed and the tick / audio chunk was written without it)."""
+        tt = unit_task_time(unit, self._t0) + LATE_TOLERANCE  # pts rounding is not lateness
+        return tt < 0 or tt < done_until
 
-    def _ingest(self, now: float, mixer: AudioMixer | None, *, flush: bool = False) -> None:
-        now_task = now - self._t0
+    def _ingest(self, mixer: AudioMixer | None, *, flush: bool = False) -> None:
         for vt in self._video.values():
             units = vt.source.drain()
             frames: list[av.VideoFrame] = []
             for unit in units:
-                if self._is_late(unit, now_task):
+                if self._is_late(unit, self._video_done):
                     self._late += 1  # still decoded: later frames may reference it
                 vt.decoder = self._decoder(vt.decoder, unit)
                 if vt.decoder is not None:
@@ -286,8 +290,8 @@ class MixedPipeline:
         for user_id, at in self._audio.items():
             units = at.source.drain()
             for unit in units:
-                if self._is_late(unit, now_task):
-                    self._late += 1
+                if self._is_late(unit, self._audio_done):
+                    self._late += 1  # the mixer drops what was already pulled
                 at.decoder = self._decoder(at.decoder, unit)
                 if at.decoder is None:
                     continue
@@ -361,6 +365,7 @@ class MixedPipeline:
                 self._pick(vt, t)
         picture = comp.render(self._placements, frames)
         picture.pts = tick
+        self._video_done = t
         self._write_video(index, venc.encode(picture))
         self._frames_out += 1
 
@@ -369,10 +374,12 @@ class MixedPipeline:
         while self._samples_out + size <= target:
             self._write_audio(index, aenc.encode(mixer.pull(size)))
             self._samples_out += size
+            self._audio_done = self._samples_out / mixer.sample_rate
         if partial and target > self._samples_out:
             n = target - self._samples_out
             self._write_audio(index, aenc.encode(mixer.pull(n)))
             self._samples_out += n
+            self._audio_done = self._samples_out / mixer.sample_rate
 
     def _write_video(self, index: int, units: list[MediaUnit]) -> None:
         for unit in units:

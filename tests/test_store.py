@@ -1,0 +1,56 @@
+"""The SQL task store on a real SQLite file: migrations, concurrency limit, claims, files."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from cloudrec.core.rooms import RoomKey
+from cloudrec.core.states import StopReason, TaskKind, TaskState
+from cloudrec.core.tasks import FileRecord, TaskRecord
+from cloudrec.errors import LimitReached
+from cloudrec.store.sql import SqlTaskStore
+
+
+def task(task_id: str, app: int = 1) -> TaskRecord:
+    now = time.time()
+    return TaskRecord(id=task_id, kind=TaskKind.RECORDING, dialect="trtc", room=RoomKey(app, "1"), user_id="rec",
+                      state=TaskState.IDLE, spec="{}", created_at=now, expires_at=now + 3600)
+
+
+async def test_store_lifecycle(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'db' / 'cloudrec.db'}"
+    store = SqlTaskStore(url)
+    await store.start()
+    await store.create_task(task("t1"), max_alive=2)
+    await store.create_task(task("t2"), max_alive=2)
+    with pytest.raises(LimitReached):
+        await store.create_task(task("t3"), max_alive=2)
+    await store.create_task(task("o1", app=2), max_alive=2)  # limits are per app
+
+    claimed = await store.claim("w1", stale_after=10)
+    assert {t.id for t in claimed} == {"t1", "t2", "o1"}
+    assert await store.claim("w2", stale_after=10) == []  # nobody takes a live worker's tasks
+    assert {t.id for t in await store.claim("w2", stale_after=-1)} == {"t1", "t2", "o1"}  # stale: taken over
+
+    assert await store.request_stop("t1", StopReason.API)
+    assert not await store.request_stop("t1", StopReason.IDLE)  # the first reason wins
+    assert (await store.get_task("t1")).stop_requested is StopReason.API  # type: ignore[union-attr]
+    assert await store.replace_spec("t2", '{"x": 1}') == 2
+
+    await store.put_file("t2", FileRecord(name="a.m3u8", kind="playlist", track_type="audio", user_id="u", media="main", begin_ms=1))
+    await store.put_file("t2", FileRecord(name="a.m3u8", kind="playlist", track_type="audio", user_id="u", media="main", begin_ms=1, end_ms=5, final=True))
+    files = await store.list_files("t2")
+    assert len(files) == 1 and files[0].final and files[0].end_ms == 5
+
+    await store.set_state("t1", TaskState.ENDED, stop_reason=StopReason.API)
+    assert (await store.get_task("t1")).state is TaskState.ENDED  # type: ignore[union-attr]
+    await store.create_task(task("t4"), max_alive=2)  # an ended task frees its slot
+    await store.stop()
+
+    again = SqlTaskStore(url)  # migrations are idempotent; data survives a restart
+    await again.start()
+    assert (await again.get_task("t4")) is not None
+    await again.stop()
