@@ -25,6 +25,8 @@ from cloudrec.rooms.registry import Participant, Room, Track
 logger = logging.getLogger(__name__)
 
 OPEN_TIMEOUT = 10.0  # seconds to open a URL and between reads
+LIVE_SCHEMES = frozenset({"rtmp", "rtmps", "rtsp"})
+LIVE_PROBE_MICROSECONDS = 1_000_000
 
 
 class IngestEnd(Enum):
@@ -80,8 +82,12 @@ class IngestPublisher:
 
     def _play(self, url: str, start: float, stop: threading.Event, deadline: float, seek: float) -> float | IngestEnd:
         """Play one URL once; returns the room time at which it ended (where the next pass starts)."""
+        options = {"rw_timeout": str(int(OPEN_TIMEOUT * 1e6))}
+        if url.split(":", 1)[0].lower() in LIVE_SCHEMES:
+            # A live source is probed in real time: keep the probe short so the user joins quickly.
+            options.update(analyzeduration=str(LIVE_PROBE_MICROSECONDS), probesize="500000")
         try:
-            container = av.open(url, timeout=(OPEN_TIMEOUT, OPEN_TIMEOUT), options={"rw_timeout": str(int(OPEN_TIMEOUT * 1e6))})
+            container = av.open(url, timeout=(OPEN_TIMEOUT, OPEN_TIMEOUT), options=options)
         except (av.error.FFmpegError, OSError) as exc:
             logger.warning("ingest source cannot be opened", extra={"user_id": self.spec.user_id, "error": str(exc)})
             return IngestEnd.FAILED
