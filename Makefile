@@ -19,6 +19,7 @@ demo: install
 
 test: install
 	$(BIN)/lint-imports
+	$(BIN)/mypy src/cloudrec
 	$(BIN)/python -m pytest -q
 
 bench: install

@@ -111,7 +111,7 @@ def _describe_file(path: Path) -> tuple[str, str, str, str]:
     with av.open(str(path)) as c:
         v = c.streams.video[0] if c.streams.video else None
         a = c.streams.audio[0] if c.streams.audio else None
-        times = [float(p.pts * p.time_base) for p in c.demux() if p.pts is not None]
+        times = [float(p.pts * p.time_base) for p in c.demux() if p.pts is not None and p.time_base is not None]
     duration = f"{max(times) - min(times):.1f} s" if times else "-"
     size = f"{v.codec_context.width}x{v.codec_context.height}" if v else "audio only"
     codecs = "+".join(s.codec_context.name for s in (v, a) if s is not None)
@@ -122,12 +122,14 @@ def _contact_sheet(mp4: Path, target: Path, columns: int = 3, count: int = 6) ->
     frames: list[Image.Image] = []
     with av.open(str(mp4)) as c:
         stream = c.streams.video[0]
-        duration = float(stream.duration * stream.time_base) if stream.duration else 10.0
+        duration = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else 10.0
         marks = [duration * (i + 0.5) / count for i in range(count)]
         for frame in c.decode(video=0):
+            if frame.pts is None or frame.time_base is None:
+                continue
             t = float(frame.pts * frame.time_base)
             if marks and t >= marks[0]:
-                frames.append(frame.to_image())
+                frames.append(frame.to_image())  # type: ignore[no-untyped-call]
                 marks.pop(0)
     if not frames:
         return
@@ -157,7 +159,10 @@ def run_demo(out: Path, seconds: float) -> None:
             credential.Credential(secret_id, secret_key), "ap-guangzhou",
             ClientProfile(httpProfile=HttpProfile(protocol="http", endpoint=endpoint)),
         )
-        sig = lambda user: make_usersig(APP_ID, app_key, user, expire=3600)  # noqa: E731
+
+        def sig(user: str) -> str:
+            return make_usersig(APP_ID, app_key, user, expire=3600)
+
         ingests = [
             _call(client, "StartStreamIngest", {"SdkAppId": APP_ID, "RoomId": ROOM, "RoomIdType": 1, "UserId": u,
                                                 "UserSig": sig(u), "StreamUrl": f"{media_url}/{u}.mp4"}).TaskId

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import uvicorn
@@ -59,7 +60,8 @@ class Service:
         config = uvicorn.Config(self.app, host=self.settings.http_host, port=self.settings.http_port,
                                 log_config=None, access_log=False, lifespan="off")
         self._server = uvicorn.Server(config)
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        # The CLI owns SIGINT/SIGTERM: recordings are finalized before the HTTP server goes away.
+        self._server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
         serving = asyncio.create_task(self._server.serve())
         while not self._server.started and not serving.done():
             await asyncio.sleep(0.02)

@@ -15,7 +15,9 @@ from enum import Enum
 from fractions import Fraction
 
 import av
+import av.audio.stream
 import av.error
+import av.video.stream
 
 from cloudrec.core.ingest import IngestSpec
 from cloudrec.core.media import MediaUnit, StreamInfo
@@ -37,17 +39,19 @@ class IngestEnd(Enum):
 
 
 def _stream_info(stream: av.stream.Stream, kind: TrackKind) -> StreamInfo:
-    ctx = stream.codec_context
-    tb = stream.time_base or Fraction(1, 90000)
-    if kind is TrackKind.AUDIO:
+    tb = Fraction(stream.time_base) if stream.time_base else Fraction(1, 90000)
+    if isinstance(stream, av.audio.stream.AudioStream):
+        actx = stream.codec_context
         return StreamInfo(
-            kind=kind, codec=ctx.name, time_base=Fraction(tb), extradata=ctx.extradata,
-            sample_rate=ctx.sample_rate or 0, channels=ctx.channels or 0,
-            layout=ctx.layout.name if ctx.layout else None, bit_rate=ctx.bit_rate or 0,
+            kind=kind, codec=actx.name, time_base=tb, extradata=actx.extradata,
+            sample_rate=actx.sample_rate or 0, channels=actx.channels or 0,
+            layout=actx.layout.name if actx.layout else None, bit_rate=actx.bit_rate or 0,
         )
+    assert isinstance(stream, av.video.stream.VideoStream)
+    vctx = stream.codec_context
     return StreamInfo(
-        kind=kind, codec=ctx.name, time_base=Fraction(tb), extradata=ctx.extradata, width=ctx.width or 0,
-        height=ctx.height or 0, pix_fmt=ctx.pix_fmt, bit_rate=ctx.bit_rate or 0,
+        kind=kind, codec=vctx.name, time_base=tb, extradata=vctx.extradata, width=vctx.width or 0,
+        height=vctx.height or 0, pix_fmt=vctx.pix_fmt, bit_rate=vctx.bit_rate or 0,
     )
 
 
@@ -116,10 +120,13 @@ class IngestPublisher:
                         return IngestEnd.STOPPED
                     if self.clock() >= deadline:
                         return IngestEnd.MAX_DURATION
-                    if packet.size == 0 or (packet.pts is None and packet.dts is None):
+                    if packet.size == 0 or packet.time_base is None:
+                        continue
+                    stamps = [v for v in (packet.dts, packet.pts) if v is not None]
+                    if not stamps:
                         continue
                     tb = packet.time_base
-                    dts = packet.dts if packet.dts is not None else packet.pts
+                    dts = stamps[0]
                     pts = packet.pts if packet.pts is not None else dts
                     if origin is None:
                         origin = float(dts * tb)

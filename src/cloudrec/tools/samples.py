@@ -62,6 +62,7 @@ def write_sample(spec: SampleSpec) -> Path:
         # recording (a pull over plain HTTP reads it front to back).
         for i in range(n_frames if vs is not None else 0):
             frame = _frame(spec, base, font, i)
+            assert vs is not None
             for p in vs.encode(frame):
                 out.mux(p)
             while as_ is not None and audio_pos < min(total, (i + 1) * spec.sample_rate // spec.fps):

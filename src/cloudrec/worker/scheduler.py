@@ -66,7 +66,12 @@ class Worker:
             session = IngestSession(task, self.store, self.config, self.registry)
         runner = asyncio.create_task(session.run(), name=f"session-{task.id[:8]}")
         self.sessions[task.id] = (session, runner)
-        runner.add_done_callback(lambda _t, tid=task.id: self.sessions.pop(tid, None))
+        task_id = task.id
+
+        def forget(_: asyncio.Task[None]) -> None:
+            self.sessions.pop(task_id, None)
+
+        runner.add_done_callback(forget)
 
     async def stop(self) -> None:
         """Finalize every running task (files closed, tasks ended) and stop claiming."""

@@ -33,7 +33,7 @@ class Obj:
     def _missing(self, name: str, code: str | None) -> TencentError:
         return TencentError(code or "MissingParameter", f"missing parameter {self._name(name)}")
 
-    def int(
+    def integer(
         self, name: str, *, required: bool = False, default: int | None = None, lo: int | None = None,
         hi: int | None = None, missing: str | None = None, invalid: str = "InvalidParameter", out_of_range: str = OUT_OF_RANGE,
         choices: tuple[int, ...] | None = None,
@@ -59,11 +59,11 @@ class Obj:
         return value
 
     def req_int(self, name: str, **kw: Any) -> int:
-        value = self.int(name, required=True, **kw)
+        value = self.integer(name, required=True, **kw)
         assert value is not None
         return value
 
-    def str(
+    def string(
         self, name: str, *, required: bool = False, default: str | None = None, max_len: int | None = None,
         missing: str | None = None, invalid: str = "InvalidParameter", allow_empty: bool = True,
     ) -> str | None:
@@ -80,11 +80,11 @@ class Obj:
         return value
 
     def req_str(self, name: str, **kw: Any) -> str:
-        value = self.str(name, required=True, allow_empty=False, **kw)
+        value = self.string(name, required=True, allow_empty=False, **kw)
         assert value is not None
         return value
 
-    def bool(self, name: str, *, default: bool = False) -> bool:
+    def boolean(self, name: str, *, default: bool = False) -> bool:
         raw = self.data.get(name)
         if raw is None:
             return default
@@ -104,7 +104,7 @@ class Obj:
             return None
         return Obj(raw, self._name(name))
 
-    def list(self, name: str, *, max_items: int | None = None) -> list[Any]:
+    def array(self, name: str, *, max_items: int | None = None) -> list[Any]:
         raw = self.data.get(name)
         if raw is None:
             return []
@@ -118,11 +118,11 @@ class Obj:
 
     def str_list(self, name: str, *, max_items: int | None = None, max_len: int = 256) -> tuple[str, ...]:
         out = []
-        for i, item in enumerate(self.list(name, max_items=max_items)):
+        for i, item in enumerate(self.array(name, max_items=max_items)):
             if not isinstance(item, str) or not item or len(item.encode()) > max_len:
                 raise TencentError("InvalidParameter", f"{self._name(name)}.{i} must be a non-empty string")
             out.append(item)
         return tuple(out)
 
     def objs(self, name: str, *, max_items: int | None = None) -> list[Obj]:
-        return [Obj(item, f"{self._name(name)}.{i}") for i, item in enumerate(self.list(name, max_items=max_items))]
+        return [Obj(item, f"{self._name(name)}.{i}") for i, item in enumerate(self.array(name, max_items=max_items))]

@@ -84,7 +84,7 @@ class TrtcActions:
         return app
 
     def room(self, p: Obj, app: AppInfo) -> RoomKey:
-        id_type = p.int("RoomIdType", default=1, choices=(0, 1))
+        id_type = p.integer("RoomIdType", default=1, choices=(0, 1)) or 0
         room_id = p.req_str("RoomId", missing="MissingParameter.RoomId", invalid="InvalidParameter.RoomId")
         if id_type == 1:
             if not room_id.isdigit() or not 1 <= int(room_id) <= 4294967295:
@@ -104,7 +104,7 @@ class TrtcActions:
             verify_usersig(sig, sdkappid=app.id, key=app.key, identifier=user_id, now=now)
         except UserSigError as exc:
             raise TencentError("InvalidParameter.UserSig", "UserSig expired or wrong") from exc
-        pmk = p.str("PrivateMapKey")
+        pmk = p.string("PrivateMapKey")
         if app.require_private_map_key or pmk:
             if not pmk:
                 raise TencentError("InvalidParameter.PrivateMapKey", "this app requires a PrivateMapKey")
@@ -129,8 +129,8 @@ class TrtcActions:
         rp = p.obj("RecordParams", required=True, missing="MissingParameter.RecordParams")
         assert rp is not None
         mode = RecordMode(rp.req_int("RecordMode", missing="MissingParameter.RecordMode", choices=(1, 2)))
-        stream_type = StreamType(rp.int("StreamType", default=0, choices=(0, 1, 2)) or 0)
-        output_format = rp.int("OutputFormat", default=0, choices=tuple(_OUTPUTS)) or 0
+        stream_type = StreamType(rp.integer("StreamType", default=0, choices=(0, 1, 2)) or 0)
+        output_format = rp.integer("OutputFormat", default=0, choices=tuple(_OUTPUTS)) or 0
         storage, outputs = self.storage(p, output_format)
         spec = RecordingSpec(
             room=room,
@@ -138,19 +138,19 @@ class TrtcActions:
             mode=mode,
             stream_type=stream_type,
             subscription=self.subscription(rp.obj("SubscribeStreamUserIds")),
-            max_idle_seconds=rp.int("MaxIdleTime", default=30, lo=5, hi=86400) or 30,
+            max_idle_seconds=rp.integer("MaxIdleTime", default=30, lo=5, hi=86400) or 30,
             outputs=outputs,
-            av_merge=bool(rp.int("AvMerge", default=0, choices=(0, 1))),
-            max_file_minutes=rp.int("MaxMediaFileDuration", default=1440, lo=1, hi=1440) or 1440,
-            media_select=MediaSelect(rp.int("MediaId", default=0, choices=(0, 1, 2)) or 0),
-            fill_type=FillType(rp.int("FillType", default=0, choices=(0, 1)) or 0),
+            av_merge=bool(rp.integer("AvMerge", default=0, choices=(0, 1))),
+            max_file_minutes=rp.integer("MaxMediaFileDuration", default=1440, lo=1, hi=1440) or 1440,
+            media_select=MediaSelect(rp.integer("MediaId", default=0, choices=(0, 1, 2)) or 0),
+            fill_type=FillType(rp.integer("FillType", default=0, choices=(0, 1)) or 0),
             video=self.video_params(p.obj("MixTranscodeParams")),
             audio=self.audio_params(p.obj("MixTranscodeParams")),
             layout=self.layout(p.obj("MixLayoutParams"), self.video_params(p.obj("MixTranscodeParams"))),
             storage=storage,
         )
-        rp.int("SubscribeAbility", default=0, choices=(0, 1))
-        hours = p.int("ResourceExpiredHour", default=72, lo=6, hi=720) or 72
+        rp.integer("SubscribeAbility", default=0, choices=(0, 1))
+        hours = p.integer("ResourceExpiredHour", default=72, lo=6, hi=720) or 72
         task_id = await self.control.create_recording(spec, dialect=DIALECT, lifetime_hours=hours)
         return {"TaskId": task_id}
 
@@ -169,7 +169,7 @@ class TrtcActions:
             ],
         }
         if p.has("RecorderKey"):
-            out["RecorderKey"] = p.str("RecorderKey")
+            out["RecorderKey"] = p.string("RecorderKey")
         return out
 
     async def modify_cloud_recording(self, p: Obj) -> dict[str, Any]:
@@ -209,9 +209,9 @@ class TrtcActions:
             raise TencentError("InvalidParameter", "StorageParams takes CloudStorage or CloudVod, not both")
         if vod is not None:
             tv = vod.obj("TencentVod") or Obj({}, "CloudVod.TencentVod")
-            media_type = tv.int("MediaType", default=0, choices=(0, 1, 2, 3, 4)) or 0
-            tv.int("ExpireTime", default=0, lo=0)
-            tv.str("UserDefineRecordId", max_len=64)
+            media_type = tv.integer("MediaType", default=0, choices=(0, 1, 2, 3, 4)) or 0
+            tv.integer("ExpireTime", default=0, lo=0)
+            tv.string("UserDefineRecordId", max_len=64)
             outputs = {0: {Container.MP4}, 1: {Container.HLS}, 2: {Container.AAC}, 3: {Container.HLS, Container.MP4},
                        4: {Container.HLS, Container.AAC}}[media_type]
             return StorageTarget(vendor="vod"), frozenset(outputs)
@@ -228,7 +228,7 @@ class TrtcActions:
         for part in prefix:
             if not _PREFIX.match(part):
                 raise TencentError("InvalidParameter", "FileNamePrefix entries must be [A-Za-z0-9_-]")
-        endpoint = cloud.str("EndpointUrl", max_len=512)
+        endpoint = cloud.string("EndpointUrl", max_len=512)
         target = StorageTarget(
             vendor="cos" if vendor == 0 else "s3", region=region, bucket=bucket, prefix=prefix,
             endpoint_url=endpoint or None, access_key=access, secret_key=secret,
@@ -265,7 +265,7 @@ class TrtcActions:
         if lp is None:
             return Layout()
         mode = LayoutMode(lp.req_int("MixLayoutMode", choices=(1, 2, 3, 4)))
-        color = lp.str("BackGroundColor") or "#000000"
+        color = lp.string("BackGroundColor") or "#000000"
         if not _COLOR.match(color):
             raise TencentError("InvalidParameter", "MixLayoutParams.BackGroundColor must look like #RRGGBB")
         panes = []
@@ -275,28 +275,28 @@ class TrtcActions:
             if left + width > video.width or top + height > video.height:
                 raise TencentError(OUT_OF_RANGE, f"{tile.path} does not fit in the {video.width}x{video.height} canvas")
             panes.append(Pane(
-                x=left, y=top, width=width, height=height, user_id=tile.str("UserId", max_len=256) or None,
-                track=TrackKind.AUX if tile.int("MediaId", default=0, choices=(0, 1)) else TrackKind.MAIN,
-                z=tile.int("ImageLayer", default=0, lo=0, hi=1000) or 0,
-                alpha=tile.int("Alpha", default=0, lo=0, hi=255) or 0,
-                render=RenderMode(tile.int("RenderMode", default=1, choices=(0, 1, 2, 3))),
+                x=left, y=top, width=width, height=height, user_id=tile.string("UserId", max_len=256) or None,
+                track=TrackKind.AUX if tile.integer("MediaId", default=0, choices=(0, 1)) else TrackKind.MAIN,
+                z=tile.integer("ImageLayer", default=0, lo=0, hi=1000) or 0,
+                alpha=tile.integer("Alpha", default=0, lo=0, hi=255) or 0,
+                render=RenderMode(tile.integer("RenderMode", default=1, choices=(0, 1, 2, 3)) or 0),
             ))
         for wm in lp.objs("WaterMarkList", max_items=25):
-            wm.int("WaterMarkType", default=0, choices=(0, 1, 2))
+            wm.integer("WaterMarkType", default=0, choices=(0, 1, 2))
         for name in ("BackgroundImageUrl", "DefaultSubBackgroundImage"):
-            lp.str(name, max_len=2048)
-        lp.int("PlaceHolderMode", default=0, choices=(0, 1))
-        lp.int("BackgroundImageRenderMode", default=0, choices=(0, 1, 2, 3))
-        lp.int("MaxResolutionUserAlign", default=0, choices=(0, 1))
+            lp.string(name, max_len=2048)
+        lp.integer("PlaceHolderMode", default=0, choices=(0, 1))
+        lp.integer("BackgroundImageRenderMode", default=0, choices=(0, 1, 2, 3))
+        lp.integer("MaxResolutionUserAlign", default=0, choices=(0, 1))
         rgb = int(color[1:], 16)
         return Layout(
             mode=mode,
             panes=tuple(panes),
             background=((rgb >> 16) & 255, (rgb >> 8) & 255, rgb & 255),
-            render=RenderMode(lp.int("RenderMode", default=1, choices=(0, 1, 2, 3))),
-            main_user_id=lp.str("MaxResolutionUserId", max_len=256) or None,
-            main_track=TrackKind.AUX if lp.int("MediaId", default=0, choices=(0, 1)) else TrackKind.MAIN,
-            pure_audio_disable=lp.bool("PureAudioDisableLayout"),
+            render=RenderMode(lp.integer("RenderMode", default=1, choices=(0, 1, 2, 3)) or 0),
+            main_user_id=lp.string("MaxResolutionUserId", max_len=256) or None,
+            main_track=TrackKind.AUX if lp.integer("MediaId", default=0, choices=(0, 1)) else TrackKind.MAIN,
+            pure_audio_disable=lp.boolean("PureAudioDisableLayout"),
         )
 
     # --- stream ingest ----------------------------------------------------------------------
@@ -304,20 +304,20 @@ class TrtcActions:
         app = self.app(p)
         room = self.room(p, app)
         user_id = self.check_user(p, app, room)
-        urls = [u for u in [p.str("StreamUrl", max_len=4096)] if u] or list(p.str_list("SourceUrl", max_items=1, max_len=4096))
+        urls = [u for u in [p.string("StreamUrl", max_len=4096)] if u] or list(p.str_list("SourceUrl", max_items=1, max_len=4096))
         if not urls:
             raise TencentError("MissingParameter", "missing parameter StreamUrl")
         for url in urls:
             if not re.match(r"^(https?|rtmp|rtmps|rtsp)://", url, re.I):
                 raise TencentError("InvalidParameter", "StreamUrl must be an http(s), rtmp or rtsp URL")
-        repeat = p.int("RepeatNum", default=1, lo=-1, hi=1000)
+        repeat = p.integer("RepeatNum", default=1, lo=-1, hi=1000)
         if repeat == 0:
             raise TencentError(OUT_OF_RANGE, "RepeatNum must be -1 or 1-1000")
         spec = IngestSpec(
             room=room, user_id=user_id, urls=tuple(urls), repeat=repeat or 1,
-            max_duration_seconds=(p.int("MaxDuration", default=360, lo=1, hi=10080) or 360) * 60,
-            seek_seconds=float(p.int("SeekSecond", default=0, lo=0) or 0),
-            volume=p.int("Volume", default=100, lo=0, hi=200) or 0,
+            max_duration_seconds=(p.integer("MaxDuration", default=360, lo=1, hi=10080) or 360) * 60,
+            seek_seconds=float(p.integer("SeekSecond", default=0, lo=0) or 0),
+            volume=p.integer("Volume", default=100, lo=0, hi=200) or 0,
         )
         task_id = await self.control.create_ingest(spec, dialect=DIALECT)
         return {"TaskId": task_id}
@@ -333,8 +333,8 @@ class TrtcActions:
     async def update_stream_ingest(self, p: Obj) -> dict[str, Any]:
         app, task_id = await self._task_id(p)
         task, spec = await self.control.ingest(app.id, task_id)
-        url = p.str("StreamUrl", max_len=4096)
-        volume = p.int("Volume", lo=0, hi=200)
+        url = p.string("StreamUrl", max_len=4096)
+        volume = p.integer("Volume", lo=0, hi=200)
         new = replace(spec, urls=(url,) if url else spec.urls, volume=spec.volume if volume is None else volume)
         await self.control.replace_ingest(app.id, task_id, new)
         return {"Status": "InProgress"}
