@@ -11,6 +11,7 @@ import shutil
 from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -49,14 +50,14 @@ def encode_media(
 ) -> Path:
     """A test file: a moving bar whose brightness changes every frame, and a 440 Hz tone."""
     out = av.open(str(path), "w", format=fmt)
-    v = None
+    v: Any = None
     if video_codec:
         opts = {"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"}
         if video_codec == "libx264":
             opts["preset"] = "ultrafast"
         v = out.add_stream(video_codec, rate=fps, options=opts)
         v.width, v.height, v.pix_fmt = width, height, "yuv420p"
-    a = None
+    a: Any = None
     if audio_codec:
         a = out.add_stream(audio_codec, rate=sample_rate)
         a.layout = "stereo"
@@ -66,10 +67,10 @@ def encode_media(
             img[:height] = 40 + (i * 5) % 180
             x = (i * 4) % (width - 24)
             img[:height, x : x + 24] = 235
-            frame = av.VideoFrame.from_ndarray(img, format="yuv420p")
-            frame.pts = i
-            frame.time_base = Fraction(1, fps)
-            out.mux(v.encode(frame))
+            vframe = av.VideoFrame.from_ndarray(img, format="yuv420p")
+            vframe.pts = i
+            vframe.time_base = Fraction(1, fps)
+            out.mux(v.encode(vframe))
         out.mux(v.encode(None))
     if a is not None:
         n = 0
@@ -94,7 +95,7 @@ def stream_info(stream: av.stream.Stream, kind: TrackKind | None = None) -> Stre
     if stream.type == "video":
         return StreamInfo(
             kind=kind or TrackKind.MAIN,
-            codec=ctx.name,
+            codec=ctx.codec.canonical_name,
             time_base=stream.time_base,
             extradata=bytes(ctx.extradata) if ctx.extradata else None,
             width=ctx.width,  # type: ignore[attr-defined]
@@ -103,7 +104,7 @@ def stream_info(stream: av.stream.Stream, kind: TrackKind | None = None) -> Stre
         )
     return StreamInfo(
         kind=TrackKind.AUDIO,
-        codec=ctx.name,
+        codec=ctx.codec.canonical_name,
         time_base=stream.time_base,
         extradata=bytes(ctx.extradata) if ctx.extradata else None,
         sample_rate=ctx.sample_rate,  # type: ignore[attr-defined]
@@ -154,27 +155,34 @@ def probe(path: Path | str) -> dict[str, float | int | str]:
                 out["width"] = s.codec_context.width  # type: ignore[attr-defined]
                 out["height"] = s.codec_context.height  # type: ignore[attr-defined]
             elif s.type == "audio":
-                out["acodec"] = s.codec_context.name
+                out["acodec"] = s.codec_context.codec.canonical_name
                 out["rate"] = s.codec_context.sample_rate  # type: ignore[attr-defined]
         vts: list[float] = []
         ats: list[float] = []
+        streams = [s for s in c.streams if s.type in ("video", "audio")]
+        frames: list[av.VideoFrame | av.AudioFrame] = []
         try:
-            for frame in c.decode(*[s for s in c.streams if s.type in ("video", "audio")]):
-                t = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base else None
-                if isinstance(frame, av.VideoFrame):
-                    out["frames"] = int(out["frames"]) + 1
-                    if t is not None:
-                        vts.append(t)
-                else:
-                    arr = frame.to_ndarray().astype(np.float64)
-                    if frame.format.name.startswith("s16"):
-                        arr = arr / 32768.0
-                    out["samples"] = int(out["samples"]) + frame.samples
-                    out["sq"] = float(out["sq"]) + float(np.sum(arr**2)) / max(1, arr.shape[0] if frame.format.is_planar else 1)
-                    if t is not None:
-                        ats.append(t + frame.samples / frame.sample_rate)
+            for packet in c.demux(*streams):
+                try:  # like a player: skip what does not decode
+                    frames.extend(packet.decode())  # type: ignore[arg-type]
+                except av.error.InvalidDataError:
+                    out["bad"] = int(out.get("bad", 0)) + 1
         except av.error.FFmpegError:
             out["truncated"] = 1
+        for frame in frames:
+            t = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base else None
+            if isinstance(frame, av.VideoFrame):
+                out["frames"] = int(out["frames"]) + 1
+                if t is not None:
+                    vts.append(t)
+            else:
+                arr = frame.to_ndarray().astype(np.float64)
+                if frame.format.name.startswith("s16"):
+                    arr = arr / 32768.0
+                out["samples"] = int(out["samples"]) + frame.samples
+                out["sq"] = float(out["sq"]) + float(np.sum(arr**2)) / max(1, arr.shape[0] if frame.format.is_planar else 1)
+                if t is not None:
+                    ats.append(t + frame.samples / frame.sample_rate)
     if vts:
         out["vstart"], out["vend"] = min(vts), max(vts)
         out["vdur"] = max(vts) - min(vts) + 1 / 25
@@ -267,7 +275,6 @@ def test_hls_playlist_lists_only_complete_segments(tmp_path: Path, media: dict[s
     sink = HlsSink(tmp_path, BASE, "video", user_id="u1", media="main", wall0_ms=WALL0_MS, segment_seconds=2.0)
     sink.open([video[0].info, audio[0].info])
     playlist = tmp_path / naming.playlist_name(BASE, "video")
-    seen: list[int] = []
     for index, unit in interleave(video, audio):
         sink.write(index, unit)
         if float(unit.pts * unit.info.time_base) > 5.0:
@@ -276,8 +283,8 @@ def test_hls_playlist_lists_only_complete_segments(tmp_path: Path, media: dict[s
     assert len(listed) == 2  # 0–2 s and 2–4 s closed; 4–6 s still being written
     assert len(list(tmp_path.glob("*.ts"))) == 3
     assert "#EXT-X-ENDLIST" not in playlist.read_text()
-    seen.append(len(listed))
-    assert probe(playlist)["frames"] == 100
+    # (PyAV would wait for a live playlist to grow: check the listed segments one by one)
+    assert sum(int(probe(tmp_path / name)["frames"]) for name in listed) == 100
     sink.close()
     assert "#EXT-X-ENDLIST" in playlist.read_text()
 
@@ -317,12 +324,12 @@ def test_mp4_stream_copy(tmp_path: Path, media: dict[str, Path], source: str) ->
     feed(sink, video, audio)
     path = tmp_path / naming.file_name(BASE, None, 1, "mp4")
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
-    info = probe(path)
-    assert (info["vcodec"], info["width"], info["height"], info["acodec"], info["rate"]) == ("h264", 320, 240, "aac", 48000)
-    assert info["frames"] == 250
-    assert abs(float(info["vdur"]) - 10.0) <= 0.5 and abs(float(info["adur"]) - 10.0) <= 0.5
-    assert float(info["rms"]) > 0.1
-    assert "truncated" not in info
+    got = probe(path)
+    assert (got["vcodec"], got["width"], got["height"], got["acodec"], got["rate"]) == ("h264", 320, 240, "aac", 48000)
+    assert got["frames"] == 250
+    assert abs(float(got["vdur"]) - 10.0) <= 0.5 and abs(float(got["adur"]) - 10.0) <= 0.5
+    assert float(got["rms"]) > 0.1
+    assert "truncated" not in got and "bad" not in got
     assert [(e.kind, e.final, e.name) for e in events] == [("file", False, path.name), ("file", True, path.name)]
     assert events[1].end_ms is not None and abs(events[1].end_ms - WALL0_MS - 10_000) <= 100
 
@@ -409,7 +416,7 @@ def test_mp3_file(tmp_path: Path, media: dict[str, Path]) -> None:
 
 
 def _make(outputs: frozenset[Container], tmp_path: Path, **kw: bool) -> list[object]:
-    args: dict[str, bool] = {"has_video": True, "has_audio": True}
+    args: dict[str, Any] = {"has_video": True, "has_audio": True}
     args.update(kw)
     return list(
         make_sinks(

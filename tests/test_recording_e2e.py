@@ -103,7 +103,9 @@ def test_mixed_grid_recording(server: Server, media_url: str) -> None:
         assert rep.audio and rep.audio["codec"] == "aac" and rep.audio["sample_rate"] == 48000 and rep.audio["channels"] == 2
         assert abs(rep.duration - expected) <= 0.5, (path.name, rep.duration, expected)
         assert rep.audio["rms"] > 0.01
-        assert rep.video["frames"] >= 14 * expected * 0.95  # ~15 fps
+        assert abs(rep.video["frames"] / rep.duration - 15) <= 1.0  # requested fps
+    # requested bitrates are a ceiling (this flat test pattern needs far less)
+    assert mp4.stat().st_size * 8 / expected <= 1.5 * (800_000 + 64_000)
     # Grid 2×2: each quadrant shows one user's colour (entry order is not fixed across ingests).
     frame = sample_frame(mp4, 5.0)
     centres = [frame[90, 160], frame[90, 480], frame[270, 160], frame[270, 480]]
@@ -142,7 +144,7 @@ def test_single_stream_recording(server: Server, media_url: str) -> None:
         audio = probe(out / f"{base}_audio.m3u8")
         assert video.video and video.video["codec"] == "h264" and video.video["width"] == 640 and video.audio is None
         assert audio.audio and audio.audio["codec"] == "aac" and audio.video is None and audio.audio["rms"] > 0.05
-        assert video.duration > 5 and abs(video.duration - audio.duration) < 1.0
+        assert video.duration > 5 and abs(video.duration - audio.duration) < 1.5  # video starts at a keyframe (GOP 1 s)
         assert rgb_close(sample_frame(out / f"{base}_video.m3u8", 1.0)[180, 320], color)
         mp4s = sorted(out.glob(f"{base}*.mp4"))
         assert mp4s, "OutputFormat 1 also writes MP4"

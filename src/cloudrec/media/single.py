@@ -52,6 +52,20 @@ def adts_audio_config(data: bytes) -> bytes | None:
     return ((object_type << 11) | (rate_index << 7) | (channels << 3)).to_bytes(2, "big")
 
 
+def plausible_h264(data: bytes, extradata: bytes | None) -> bool:
+    """Whether an H.264 unit is well-formed Annex-B or AVCC (its NAL lengths add up exactly)."""
+    if data.startswith(b"\x00\x00\x01") or data.startswith(b"\x00\x00\x00\x01"):
+        return True
+    size = (extradata[4] & 0x03) + 1 if extradata and extradata[0] == 1 and len(extradata) > 4 else 4
+    pos = 0
+    while pos + size <= len(data):
+        length = int.from_bytes(data[pos : pos + size], "big")
+        if length == 0:
+            return False
+        pos += size + length
+    return pos == len(data)
+
+
 class _Transcoder:
     """Decode one track and encode it to the target codec."""
 
@@ -279,8 +293,11 @@ class SinglePipeline:
         if track.transcoder is not None:
             self._emit_all(track, track.transcoder.push(rel), count=True)
             return
-        if track.info is not unit.info:
-            rel = replace(rel, info=track.info) if track.info is not None else rel
+        if track.info is not None and track.info.codec == "h264" and not plausible_h264(unit.data, track.info.extradata):
+            self._warn("malformed unit skipped", ValueError("not Annex-B or AVCC"))
+            return
+        if track.info is not None and track.info is not unit.info:
+            rel = replace(rel, info=track.info)
         self._emit(track, rel, count=True)
 
     def _emit_all(self, track: _Track, units: list[MediaUnit], *, count: bool) -> None:

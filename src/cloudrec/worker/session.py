@@ -20,14 +20,14 @@ from typing import Any
 from cloudrec.core import naming
 from cloudrec.core.ingest import IngestSpec
 from cloudrec.core.layout import Participant as LayoutParticipant
-from cloudrec.core.media import FileEvent, PacketSink, StreamInfo
+from cloudrec.core.media import FileEvent, PacketSink
 from cloudrec.core.records import from_plain
 from cloudrec.core.spec import MediaSelect, RecordingSpec, RecordMode, TrackKind
 from cloudrec.core.states import StopReason, TaskState
 from cloudrec.core.tasks import FileRecord, TaskRecord
 from cloudrec.media.mixed import MixedPipeline
 from cloudrec.media.single import SinglePipeline
-from cloudrec.output.factory import make_sinks
+from cloudrec.output.factory import SinkFactory, make_sinks
 from cloudrec.rooms.ingest import IngestEnd, IngestPublisher
 from cloudrec.rooms.registry import Room, RoomRegistry, RoomSnapshot, Track, TrackSubscriber
 from cloudrec.storage.local import task_directory
@@ -145,7 +145,7 @@ class RecordingSession(Session):
         self.events: asyncio.Queue[FileEvent] = asyncio.Queue()
         self.loop = asyncio.get_running_loop()
         self.single: dict[tuple[str, str, str], _SingleGroup] = {}
-        self.single_runs: dict[tuple[str, str, str], int] = {}
+        self.single_factories: dict[tuple[str, str, str], SinkFactory] = {}
         self.mix: _MixState | None = None
         self.state = task.state
         self.begin_ms = task.begin_ms
@@ -261,6 +261,7 @@ class RecordingSession(Session):
             self.spec.outputs, directory=self.directory, base=base, track_type=track_type, user_id=user_id,
             media=media, wall0_ms=wall0_ms, max_file_seconds=self.spec.max_file_minutes * 60.0,
             has_video=has_video, has_audio=has_audio, on_event=self._on_file,
+            segment_seconds=self.config.segment_seconds,
         )
 
     # --- mixed ------------------------------------------------------------------------------
@@ -342,20 +343,19 @@ class RecordingSession(Session):
 
     def _start_single(self, key: tuple[str, str, str], tracks: dict[TrackKind, Track]) -> None:
         user, media, track_type = key
-        run = self.single_runs[key] = self.single_runs.get(key, 0) + 1
-        video_kind = TrackKind.AUX if media == "aux" else TrackKind.MAIN
-        base = naming.user_base(self.spec.room, user, video_kind)
-        if run > 1:
-            base = f"{base}_{run}"  # a user who publishes again gets a new file set, never an overwrite
+        factory = self.single_factories.get(key)
+        if factory is None:
+            # One factory per user stream for the whole task: when the user publishes again (or the
+            # stream parameters change) files continue (`_2.mp4`, an HLS discontinuity), never overwrite.
+            video_kind = TrackKind.AUX if media == "aux" else TrackKind.MAIN
+            factory = self.single_factories[key] = SinkFactory(
+                self.spec.outputs, directory=self.directory, base=naming.user_base(self.spec.room, user, video_kind),
+                track_type=track_type, user_id=user, media=media, max_file_seconds=self.spec.max_file_minutes * 60.0,
+                on_event=self._on_file, segment_seconds=self.config.segment_seconds,
+            )
         subs = {k: t.subscribe() for k, t in tracks.items()}
         video_sub = next((s for k, s in subs.items() if k.is_video), None)
         audio_sub = subs.get(TrackKind.AUDIO)
-
-        def factory(streams: list[StreamInfo], begin_ms: int) -> list[PacketSink]:
-            has_video = any(s.kind.is_video for s in streams)
-            has_audio = any(s.kind is TrackKind.AUDIO for s in streams)
-            return self._sinks(base, track_type, user, media, begin_ms, has_video, has_audio)
-
         pipeline = SinglePipeline(video=video_sub, audio=audio_sub, sinks_factory=factory,
                                   video_encoding=self.spec.video, audio_encoding=self.spec.audio)
         thread = _Thread(f"single-{user}-{media}-{track_type}", pipeline.run, self.task.id)
