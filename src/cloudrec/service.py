@@ -11,6 +11,7 @@ import uvicorn
 from cloudrec.api.app import create_app
 from cloudrec.control.apps import AppInfo
 from cloudrec.control.limits import RateLimiter
+from cloudrec.control.rooms import RoomControl
 from cloudrec.control.tasks import TaskControl
 from cloudrec.dialects.tencent.gateway import TencentGateway
 from cloudrec.dialects.tencent.trtc import TrtcActions
@@ -41,7 +42,7 @@ class Service:
             wake_workers=self.worker.wake,
         )
         gateway = TencentGateway(
-            trtc_actions=TrtcActions(self.control, apps),
+            trtc_actions=TrtcActions(self.control, RoomControl(self.registry, self.control), apps),
             app_rate=lambda app_id: apps[app_id].rate_per_second if app_id in apps else None,
             lookup_secret=settings.secret_for,
             rate_limiter=RateLimiter(settings.rate_limit_per_second),

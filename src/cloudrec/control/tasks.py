@@ -37,7 +37,7 @@ class TaskControl:
     ) -> None:
         self.store = store
         self._max_concurrent = max_concurrent
-        self._wake = wake_workers  # in the embedded setup, lets the worker start without polling delay
+        self.wake = wake_workers  # in the embedded setup, lets the worker start without polling delay
         self._clock = clock
 
     # --- recordings -------------------------------------------------------------------------
@@ -54,7 +54,7 @@ class TaskControl:
         )
         await self.store.create_task(task, max_alive=self._max_concurrent(spec.room.app_id))
         logger.info("recording created", extra={"task_id": task.id, "room": str(spec.room), "mode": spec.mode.name})
-        self._wake()
+        self.wake()
         return task.id
 
     async def recording(self, app_id: int, task_id: str) -> tuple[TaskRecord, RecordingSpec]:
@@ -78,7 +78,7 @@ class TaskControl:
         await self._visible(app_id, task_id, kind)
         await self.store.request_stop(task_id, reason)
         logger.info("stop requested", extra={"task_id": task_id, "reason": reason.name})
-        self._wake()
+        self.wake()
 
     # --- ingest -----------------------------------------------------------------------------
     async def create_ingest(self, spec: IngestSpec, *, dialect: str, lifetime_hours: int = 24 * 8) -> str:
@@ -89,7 +89,7 @@ class TaskControl:
         )
         await self.store.create_task(task, max_alive=self._max_concurrent(spec.room.app_id))
         logger.info("ingest created", extra={"task_id": task.id, "room": str(spec.room), "user_id": spec.user_id})
-        self._wake()
+        self.wake()
         return task.id
 
     async def ingest(self, app_id: int, task_id: str) -> tuple[TaskRecord, IngestSpec]:
@@ -105,7 +105,7 @@ class TaskControl:
         for task in await self.store.list_tasks():
             if task.room == room and await self.store.request_stop(task.id, reason):
                 n += 1
-        self._wake()
+        self.wake()
         return n
 
     # --- shared -----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cloudrec.core.layout import Participant as LayoutParticipant
@@ -120,6 +121,9 @@ class Participant:
         self.seq = seq  # room-entry order
         self.joined_at = time.monotonic()
         self.tracks: dict[TrackKind, Track] = {}
+        # Set by a publisher that holds a connection (RTMP, WebRTC): called when the user is
+        # removed or the room dismissed, so the connection is closed too.
+        self.on_removed: Callable[[], None] | None = None
 
     def add_track(self, kind: TrackKind) -> Track:
         with self.room.lock:
@@ -191,6 +195,24 @@ class Room:
             t.close()
         logger.info("user left", extra={"room": str(self.key), "user_id": participant.user_id})
 
+    def remove(self, user_id: str) -> bool:
+        """Kick a user: their tracks end and their publisher is told to disconnect."""
+        participant = self.participant(user_id)
+        if participant is None:
+            return False
+        self.leave(participant)
+        if participant.on_removed is not None:
+            try:
+                participant.on_removed()
+            except Exception:
+                logger.exception("publisher disconnect failed", extra={"room": str(self.key), "user_id": user_id})
+        return True
+
+    def set_blocked(self, user_id: str, blocked: bool) -> None:
+        with self.lock:
+            (self.blocked.add if blocked else self.blocked.discard)(user_id)
+            self.version += 1
+
     def snapshot(self) -> RoomSnapshot:
         with self.lock:
             ps = sorted(self._participants.values(), key=lambda p: p.seq)
@@ -220,3 +242,25 @@ class RoomRegistry:
     def rooms(self) -> list[Room]:
         with self._lock:
             return list(self._rooms.values())
+
+    # --- control.rooms.RoomDirectory ----------------------------------------------------------
+    def exists(self, key: RoomKey) -> bool:
+        """A room exists while someone is in it (or tasks watch it) and has not been dismissed."""
+        room = self.find(key)
+        return room is not None and not room.dismissed
+    def dismiss(self, key: RoomKey) -> int:
+        room = self.find(key)
+        if room is None:
+            return 0
+        users = [p.user_id for p in room.snapshot().participants]
+        for user_id in users:
+            room.remove(user_id)
+        room.dismissed = True
+        return len(users)
+
+    def remove_users(self, key: RoomKey, user_ids: list[str]) -> int:
+        room = self.find(key)
+        return sum(room.remove(u) for u in user_ids) if room is not None else 0
+
+    def set_blocked(self, key: RoomKey, user_id: str, blocked: bool) -> None:
+        self.room(key).set_blocked(user_id, blocked)

@@ -146,6 +146,7 @@ class RecordingSession(Session):
         self.loop = asyncio.get_running_loop()
         self.single: dict[tuple[str, str, str], _SingleGroup] = {}
         self.single_factories: dict[tuple[str, str, str], SinkFactory] = {}
+        self.retired: list[_Thread] = []  # pipelines told to stop, still finalizing
         self.mix: _MixState | None = None
         self.state = task.state
         self.begin_ms = task.begin_ms
@@ -200,7 +201,7 @@ class RecordingSession(Session):
         self.state = TaskState.EXITING
         await self.store.set_state(self.task.id, TaskState.EXITING, stop_reason=reason)
         logger.info("recording stopping", extra={**self.log, "reason": reason.name})
-        threads = [g.thread for g in self.single.values()] + ([self.mix.thread] if self.mix else [])
+        threads = [g.thread for g in self.single.values()] + self.retired + ([self.mix.thread] if self.mix else [])
         await asyncio.gather(*(t.finish() for t in threads))
         for g in self.single.values():
             for s in g.subs.values():
@@ -329,14 +330,15 @@ class RecordingSession(Session):
         groups = self._groups(wanted)
         for key, group in list(self.single.items()):
             current = groups.get(key)
-            stale = current is None or any(current.get(k) is not t for k, t in group.tracks.items())
-            if not group.thread.alive or (stale and group.pipeline.begin_ms is None and current is not None):
-                # finished by itself (tracks ended), or its tracks were replaced before it started
-                if group.thread.alive:
-                    group.thread.stop.set()
-                for s in group.subs.values():
-                    s.close()
-                del self.single[key]
+            replaced = current is not None and any(current.get(k) is not t for k, t in group.tracks.items())
+            if group.thread.alive and current is not None and not (replaced and group.pipeline.begin_ms is None):
+                continue  # recording, or its tracks ended and the pipeline is finishing by itself
+            # Unsubscribed, blocked, removed, or replaced before it started: finalize this file set.
+            group.thread.stop.set()
+            for sub in group.subs.values():
+                sub.close()
+            self.retired.append(group.thread)
+            del self.single[key]
         for key, tracks in groups.items():
             if key not in self.single:
                 self._start_single(key, tracks)

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from cloudrec.control.apps import AppInfo
+from cloudrec.control.rooms import RoomControl
 from cloudrec.control.tasks import TaskControl
 from cloudrec.core.ingest import IngestSpec
 from cloudrec.core.rooms import RoomIdType, RoomKey
@@ -44,10 +45,13 @@ Action = Callable[[Obj], Awaitable[dict[str, Any]]]
 
 
 class TrtcActions:
-    def __init__(self, control: TaskControl, apps: Mapping[int, AppInfo], *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, control: TaskControl, rooms: RoomControl, apps: Mapping[int, AppInfo], *,
+                 clock: Callable[[], float] = time.time) -> None:
         self.control = control
+        self.rooms = rooms
         self.apps = apps
         self.clock = clock
+        self.action = ""
         self.actions: dict[str, Action] = {
             "CreateCloudRecording": self.create_cloud_recording,
             "DescribeCloudRecording": self.describe_cloud_recording,
@@ -57,15 +61,24 @@ class TrtcActions:
             "DescribeStreamIngest": self.describe_stream_ingest,
             "UpdateStreamIngest": self.update_stream_ingest,
             "StopStreamIngest": self.stop_stream_ingest,
+            "DismissRoom": self.dismiss_room,
+            "DismissRoomByStrRoomId": self.dismiss_room,
+            "RemoveUser": self.remove_user,
+            "RemoveUserByStrRoomId": self.remove_user,
+            "SetUserBlocked": self.set_user_blocked,
+            "SetUserBlockedByStrRoomId": self.set_user_blocked,
         }
 
     async def call(self, action: str, params: Obj) -> dict[str, Any]:
         handler = self.actions.get(action)
         if handler is None:
             raise TencentError("InvalidAction", f"action {action} does not exist")
+        self.action = action  # the room actions differ only by their room id type
         try:
             return await handler(params)
         except NotFound as exc:
+            if exc.reason == "room":
+                raise TencentError("FailedOperation.RoomNotExist", exc.message) from exc
             raise TencentError("ResourceNotFound", exc.message) from exc
         except LimitReached as exc:
             raise TencentError("FailedOperation.RestrictedConcurrency", "concurrent task limit reached") from exc
@@ -342,4 +355,30 @@ class TrtcActions:
     async def stop_stream_ingest(self, p: Obj) -> dict[str, Any]:
         app, task_id = await self._task_id(p)
         await self.control.stop(app.id, task_id, TaskKind.INGEST)
+        return {}
+
+    # --- room management ---------------------------------------------------------------------
+    def _action_room(self, p: Obj) -> RoomKey:
+        app = self.app(p)
+        by_string = self.action.endswith("ByStrRoomId")
+        p.data["RoomIdType"] = 0 if by_string else 1  # fixed by the action, not a request field
+        return self.room(p, app)
+
+    async def dismiss_room(self, p: Obj) -> dict[str, Any]:
+        await self.rooms.dismiss(self._action_room(p))
+        return {}
+
+    async def remove_user(self, p: Obj) -> dict[str, Any]:
+        room = self._action_room(p)
+        users = list(p.str_list("UserIds", max_items=10))
+        if not users:
+            raise TencentError("MissingParameter.UserIds", "missing parameter UserIds")
+        await self.rooms.remove_users(room, users)
+        return {}
+
+    async def set_user_blocked(self, p: Obj) -> dict[str, Any]:
+        room = self._action_room(p)
+        user = p.req_str("UserId", missing="MissingParameter.UserId", invalid="InvalidParameter.UserId")
+        mute = p.req_int("IsMute", choices=(0, 1))
+        await self.rooms.set_blocked(room, user, bool(mute))
         return {}
