@@ -38,7 +38,7 @@ _SAMPLE_RATES = {1: 48_000, 2: 44_100, 3: 16_000}
 _STATUS = {TaskState.IDLE: "Idle", TaskState.IN_PROGRESS: "InProgress", TaskState.EXITING: "Exited"}
 _COLOR = re.compile(r"^#[0-9A-Fa-f]{6}$")
 _PREFIX = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_STR_ROOM = re.compile(r"^[A-Za-z0-9 !#$%&()+\-:;<=.>?@\[\]^_{}|~,]{1,64}$")
+STRING_ROOM_ID = re.compile(r"^[A-Za-z0-9 !#$%&()+\-:;<=.>?@\[\]^_{}|~,]{1,64}$")
 _USER = re.compile(r"^[^\x00-\x1f]{1,64}$")
 
 Action = Callable[[Obj], Awaitable[dict[str, Any]]]
@@ -103,7 +103,7 @@ class TrtcActions:
             if not room_id.isdigit() or not 1 <= int(room_id) <= 4294967295:
                 raise TencentError("InvalidParameter.RoomId", "RoomId must be a 32-bit integer when RoomIdType is 1")
             room_id = str(int(room_id))
-        elif not _STR_ROOM.match(room_id):
+        elif not STRING_ROOM_ID.match(room_id):
             raise TencentError("InvalidParameter.RoomId", "string RoomId must be 1-64 allowed characters")
         return RoomKey(app.id, room_id, RoomIdType(id_type))
 
