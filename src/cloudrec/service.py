@@ -15,6 +15,7 @@ from cloudrec.control.rooms import RoomControl
 from cloudrec.control.tasks import TaskControl
 from cloudrec.dialects.tencent.gateway import TencentGateway
 from cloudrec.dialects.tencent.trtc import TrtcActions
+from cloudrec.dialects.tencent.usersig import make_usersig
 from cloudrec.rooms.registry import RoomRegistry
 from cloudrec.settings import Settings
 from cloudrec.store.sql import SqlTaskStore
@@ -50,8 +51,17 @@ class Service:
             max_body_bytes=settings.max_body_bytes,
         )
         self.ready = False
-        self.app = create_app(tencent=gateway, ready=lambda: self.ready)
+        self.app = create_app(
+            tencent=gateway, ready=lambda: self.ready,
+            dev_usersig=self._dev_usersig if settings.dev_usersig else None,
+        )
         self._server: uvicorn.Server | None = None
+
+    def _dev_usersig(self, app_id: str, user_id: str) -> str | None:
+        app = self.settings.app(int(app_id)) if app_id.isdigit() else None
+        if app is None or not user_id or len(user_id) > 64:
+            return None
+        return make_usersig(app.id, app.key, user_id, expire=24 * 3600)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set, then finalize every running task and return."""

@@ -42,6 +42,7 @@ class Settings:
     hls_segment_seconds: float = 4.0
     worker_poll_seconds: float = 0.2
     log_level: str = "INFO"
+    dev_usersig: bool = False  # GET /dev/usersig hands out UserSigs to loopback clients (for /publish)
     apps: tuple[AppSettings, ...] = ()
     credentials: tuple[Credential, ...] = ()
 
@@ -114,6 +115,7 @@ def parse_settings(raw: dict[str, Any], base_dir: Path) -> Settings:
         latency_seconds=float(media.get("latency_ms", 300)) / 1000.0,
         hls_segment_seconds=float(media.get("hls_segment_seconds", 4.0)),
         log_level=str(server.get("log_level", "INFO")),
+        dev_usersig=bool(server.get("dev_usersig", False)),
         apps=tuple(apps),
         credentials=tuple(creds),
     )

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from importlib import resources
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
 
 from cloudrec.dialects.tencent.gateway import TencentGateway
 
 logger = logging.getLogger(__name__)
+
+PUBLISH_PAGE = resources.files("cloudrec.api").joinpath("static/publish.html").read_text(encoding="utf-8")
 
 
 async def _read_body(request: Request, limit: int) -> bytes | None:
@@ -27,7 +30,13 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def create_app(*, tencent: TencentGateway, ready: Callable[[], bool]) -> Starlette:
+def create_app(
+    *,
+    tencent: TencentGateway,
+    ready: Callable[[], bool],
+    extra_routes: Sequence[BaseRoute] = (),
+    dev_usersig: Callable[[str, str], str | None] | None = None,
+) -> Starlette:
     async def vendor_api(request: Request) -> Response:
         headers = {k.lower(): v for k, v in request.headers.items()}
         body = await _read_body(request, tencent.max_body)
@@ -47,5 +56,25 @@ def create_app(*, tencent: TencentGateway, ready: Callable[[], bool]) -> Starlet
             return JSONResponse({"status": "ok"})
         return PlainTextResponse("starting", status_code=503)
 
+    async def publish_page(_: Request) -> Response:
+        return HTMLResponse(PUBLISH_PAGE)
+
+    async def usersig(request: Request) -> Response:
+        """Dev mode only: a UserSig for a page that has no backend of its own to sign for it."""
+        client = request.client.host if request.client else ""
+        if dev_usersig is None or client not in ("127.0.0.1", "::1"):
+            return PlainTextResponse("dev UserSigs are disabled", status_code=403)
+        sig = dev_usersig(request.query_params.get("sdkappid", ""), request.query_params.get("userid", ""))
+        if sig is None:
+            return PlainTextResponse("unknown app or bad user", status_code=400)
+        return JSONResponse({"UserSig": sig})
+
     methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
-    return Starlette(routes=[Route("/", vendor_api, methods=methods), Route("/healthz", healthz, methods=["GET"])])
+    routes: list[BaseRoute] = [
+        Route("/", vendor_api, methods=methods),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/publish", publish_page, methods=["GET"]),
+        Route("/dev/usersig", usersig, methods=["GET"]),
+        *extra_routes,
+    ]
+    return Starlette(routes=routes)
