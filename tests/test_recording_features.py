@@ -87,17 +87,24 @@ def test_stream_types_and_subscriptions(server: Server, media_url: str) -> None:
     merged_single = call(c, "CreateCloudRecording", {**common, "UserId": "rec_m", "UserSig": usersig("rec_m"),
         "RecordParams": {"RecordMode": 1, "AvMerge": 1, "OutputFormat": 0, "MaxIdleTime": 5,
                          "SubscribeStreamUserIds": {"UnSubscribeAudioUserIds": ["alice"], "UnSubscribeVideoUserIds": ["alice"]}}}).TaskId
+    aac_mix = call(c, "CreateCloudRecording", {**common, "UserId": "rec_aac", "UserSig": usersig("rec_aac"),
+        "RecordParams": {"RecordMode": 2, "OutputFormat": 2, "MaxIdleTime": 5}}).TaskId
     time.sleep(6)
     for t in ingests:  # publishers leave: every task stops itself after MaxIdleTime
         call(c, "StopStreamIngest", {"SdkAppId": APP_ID, "TaskId": t})
     left = time.monotonic()
-    for t in (audio_mix, video_single, merged_single):
+    for t in (audio_mix, video_single, merged_single, aac_mix):
         wait_ended(server, t)
     assert 4 <= time.monotonic() - left <= 12
     key = RoomKey(APP_ID, room, RoomIdType.INTEGER)
 
     rep = probe(server.storage / "features" / audio_mix / f"{APP_ID}_{room}_1.mp4")
     assert rep.video is None and rep.audio and rep.audio["rms"] > 0.05 and rep.duration > 4
+
+    out = server.storage / "features" / aac_mix  # OutputFormat 2: HLS with video, plus an audio-only AAC file
+    rep = probe(out / f"{APP_ID}_{room}_1.aac")
+    assert rep.video is None and rep.audio and rep.audio["codec"] == "aac" and rep.audio["rms"] > 0.05
+    assert probe(out / f"{APP_ID}_{room}.m3u8").video is not None
 
     out = server.storage / "features" / video_single
     names = sorted(p.name for p in out.glob("*.m3u8"))

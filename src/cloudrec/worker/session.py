@@ -22,7 +22,7 @@ from cloudrec.core.ingest import IngestSpec
 from cloudrec.core.layout import Participant as LayoutParticipant
 from cloudrec.core.media import FileEvent, PacketSink
 from cloudrec.core.records import from_plain
-from cloudrec.core.spec import MediaSelect, RecordingSpec, RecordMode, TrackKind
+from cloudrec.core.spec import Container, MediaSelect, RecordingSpec, RecordMode, TrackKind
 from cloudrec.core.states import StopReason, TaskState
 from cloudrec.core.tasks import FileRecord, TaskRecord
 from cloudrec.media.mixed import MixedPipeline
@@ -262,7 +262,7 @@ class RecordingSession(Session):
             self.spec.outputs, directory=self.directory, base=base, track_type=track_type, user_id=user_id,
             media=media, wall0_ms=wall0_ms, max_file_seconds=self.spec.max_file_minutes * 60.0,
             has_video=has_video, has_audio=has_audio, on_event=self._on_file,
-            segment_seconds=self.config.segment_seconds,
+            segment_seconds=self.config.segment_seconds, extract_audio=True,  # "HLS+AAC": the AAC file takes the audio
         )
 
     # --- mixed ------------------------------------------------------------------------------
@@ -301,10 +301,11 @@ class RecordingSession(Session):
         spec = self.spec
         t0 = time.monotonic()
         wall0_ms = int(time.time() * 1000)
-        sinks = self._sinks(naming.mixed_base(spec.room), None, "", "mix", wall0_ms,
-                            spec.stream_type.video, spec.stream_type.audio)
+        # Audio-file outputs only (AAC/MP3): no picture is composed or encoded at all.
+        video = spec.stream_type.video and not spec.outputs <= {Container.AAC, Container.MP3}
+        sinks = self._sinks(naming.mixed_base(spec.room), None, "", "mix", wall0_ms, video, spec.stream_type.audio)
         pipeline = MixedPipeline(
-            video=spec.video if spec.stream_type.video else None,
+            video=spec.video if video else None,
             audio=spec.audio if spec.stream_type.audio else None,
             layout=spec.layout, fill_type=spec.fill_type, sinks=sinks, t0=t0, latency=self.config.latency_seconds,
         )
@@ -353,7 +354,7 @@ class RecordingSession(Session):
             factory = self.single_factories[key] = SinkFactory(
                 self.spec.outputs, directory=self.directory, base=naming.user_base(self.spec.room, user, video_kind),
                 track_type=track_type, user_id=user, media=media, max_file_seconds=self.spec.max_file_minutes * 60.0,
-                on_event=self._on_file, segment_seconds=self.config.segment_seconds,
+                on_event=self._on_file, segment_seconds=self.config.segment_seconds, extract_audio=True,
             )
         subs = {k: t.subscribe() for k, t in tracks.items()}
         video_sub = next((s for k, s in subs.items() if k.is_video), None)
