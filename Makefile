@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench lint clean
+.PHONY: install browsers demo test bench lint clean
 
 install: $(STAMP)
 
@@ -14,10 +14,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# Chromium for the browser tests (Debian package; the machine has no other browser source).
+browsers:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
 demo: install
 	$(BIN)/cloudrec demo
 
-test: install
+test: install browsers
 	$(BIN)/lint-imports
 	$(BIN)/mypy src/cloudrec
 	$(BIN)/python -m pytest -q

@@ -50,13 +50,13 @@ class RoomControl:
                 if await self.tasks.store.request_stop(task.id, reason):
                     stopped += 1
         logger.info("users removed", extra={"room": str(room), "users": removed, "tasks": stopped})
-        if stopped:
-            self.tasks.wake()
+        self.tasks.wake()  # recordings re-read the room now, not at their next poll
 
     async def set_blocked(self, room: RoomKey, user_id: str, blocked: bool) -> None:
         """A blocked user stays in the room but is not recorded until unblocked."""
         self._require(room)
         self.rooms.set_blocked(room, user_id, blocked)
+        self.tasks.wake()
         logger.info("user blocked" if blocked else "user unblocked", extra={"room": str(room), "user_id": user_id})
 
 
