@@ -53,7 +53,7 @@ def encode(n: int = 45, width: int = 320, height: int = 240, gop: int = 15, slic
     ctx.time_base = Fraction(1, 30)
     ctx.framerate = Fraction(30)
     ctx.gop_size = gop
-    ctx.options = {"preset": "veryfast", "bf": "0", "slices": str(slices), "sc_threshold": "0", "keyint_min": str(gop)}
+    ctx.options = {"preset": "veryfast", "bf": "0", "slices": str(slices), "threads": "1", "sc_threshold": "0", "keyint_min": str(gop)}
     rng = np.random.default_rng(1)
     base = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
     aus: list[EncodedAU] = []

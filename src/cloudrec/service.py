@@ -9,14 +9,17 @@ import logging
 import uvicorn
 
 from cloudrec.api.app import create_app
+from cloudrec.api.whip import InvalidToken, WebRtcGrant, WebRtcRequest, webrtc_routes
 from cloudrec.control.apps import AppInfo
 from cloudrec.control.limits import RateLimiter
 from cloudrec.control.rooms import RoomControl
 from cloudrec.control.tasks import TaskControl
 from cloudrec.dialects.tencent.gateway import TencentGateway
+from cloudrec.dialects.tencent.publish import PublishDenied, PublisherAuth
 from cloudrec.dialects.tencent.trtc import TrtcActions
 from cloudrec.dialects.tencent.usersig import make_usersig
 from cloudrec.rooms.registry import RoomRegistry
+from cloudrec.rooms.whip import WebRtcGateway
 from cloudrec.settings import Settings
 from cloudrec.store.sql import SqlTaskStore
 from cloudrec.worker.scheduler import Worker
@@ -51,11 +54,30 @@ class Service:
             max_body_bytes=settings.max_body_bytes,
         )
         self.ready = False
+        self.publishers = PublisherAuth(apps)
+        self.webrtc = WebRtcGateway(self.registry, host_addresses=settings.ice_host_addresses,
+                                    ice_servers=settings.ice_servers)
         self.app = create_app(
             tencent=gateway, ready=lambda: self.ready,
+            extra_routes=webrtc_routes(self.webrtc, self._authorize_webrtc),
             dev_usersig=self._dev_usersig if settings.dev_usersig else None,
         )
         self._server: uvicorn.Server | None = None
+
+    async def _authorize_webrtc(self, request: WebRtcRequest) -> WebRtcGrant | None:
+        """WHIP publishers and WHEP viewers prove `?userid=` with their UserSig as the bearer token."""
+        try:
+            admission = self.publishers.admit(
+                app_id=request.app_id, room_id=request.room_id, user_id=request.query.get("userid", ""),
+                usersig=request.token, room_id_type=request.query.get("roomidtype"),
+                private_map_key=request.query.get("privatemapkey"),
+            )
+        except PublishDenied as exc:
+            logger.info("webrtc refused", extra={"kind": request.kind, "reason": exc.reason})
+            if exc.status == 401:
+                raise InvalidToken(exc.reason) from exc
+            return None
+        return WebRtcGrant(room=admission.room, user_id=admission.user_id)
 
     def _dev_usersig(self, app_id: str, user_id: str) -> str | None:
         app = self.settings.app(int(app_id)) if app_id.isdigit() else None
@@ -83,6 +105,7 @@ class Service:
         await stop.wait()
         logger.info("cloudrec stopping")
         self.ready = False
+        await self.webrtc.stop()  # publishers leave first, so recordings see them go
         await self.worker.stop()
         self._server.should_exit = True
         await serving

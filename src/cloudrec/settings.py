@@ -42,6 +42,8 @@ class Settings:
     hls_segment_seconds: float = 4.0
     worker_poll_seconds: float = 0.2
     log_level: str = "INFO"
+    ice_host_addresses: tuple[str, ...] = ("127.0.0.1",)  # WebRTC host candidates we offer
+    ice_servers: tuple[str, ...] = ()  # STUN/TURN URLs; none by default (never a public server)
     dev_usersig: bool = False  # GET /dev/usersig hands out UserSigs to loopback clients (for /publish)
     apps: tuple[AppSettings, ...] = ()
     credentials: tuple[Credential, ...] = ()
@@ -116,6 +118,8 @@ def parse_settings(raw: dict[str, Any], base_dir: Path) -> Settings:
         hls_segment_seconds=float(media.get("hls_segment_seconds", 4.0)),
         log_level=str(server.get("log_level", "INFO")),
         dev_usersig=bool(server.get("dev_usersig", False)),
+        ice_host_addresses=tuple(str(a) for a in raw.get("webrtc", {}).get("host_addresses", ["127.0.0.1"])),
+        ice_servers=tuple(str(a) for a in raw.get("webrtc", {}).get("ice_servers", [])),
         apps=tuple(apps),
         credentials=tuple(creds),
     )

@@ -269,7 +269,7 @@ class H264Depacketizer:
         self._fu = None
         self._ts = None
         self._corrupt = False
-        if ts is None or (not nals and not fu_open):
+        if ts is None or (not nals and not fu_open and not corrupt):
             return
         if corrupt or fu_open:
             self.dropped_units += 1

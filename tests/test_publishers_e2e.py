@@ -1,0 +1,123 @@
+"""Real publishers into the running service, recorded: an aiortc WHIP client (H.264, stream copy)
+and headless Chromium on the /publish page (fake camera and microphone)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import av
+import httpx
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.contrib.media import MediaPlayer
+
+from cloudrec.core import naming
+from cloudrec.core.rooms import RoomIdType, RoomKey
+from cloudrec.core.spec import TrackKind
+from cloudrec.rooms.whip import ice_host_addresses
+from cloudrec.tools.samples import SampleSpec, write_sample
+from tests.support import APP_ID, Server, call, client, probe, storage_params, usersig, wait_for
+from tests.test_recording_e2e import wait_ended
+
+
+def record(server: Server, room: str, robot: str, mode: int = 1) -> str:
+    return str(call(client(server), "CreateCloudRecording", {
+        "SdkAppId": APP_ID, "RoomId": room, "UserId": robot, "UserSig": usersig(robot),
+        "RecordParams": {"RecordMode": mode, "AvMerge": 1, "OutputFormat": 3, "MaxIdleTime": 5},
+        "StorageParams": storage_params("publishers")}).TaskId)
+
+
+def sps_of(data: bytes) -> bytes:
+    """The SPS NAL of an Annex-B or avcC blob."""
+    if data[:1] == b"\x01":  # avcC
+        n = int.from_bytes(data[6:8], "big")
+        return data[8:8 + n]
+    for nal in data.replace(b"\x00\x00\x00\x01", b"\x00\x00\x01").split(b"\x00\x00\x01"):
+        if nal and nal[0] & 0x1F == 7:
+            return nal.rstrip(b"\x00")
+    return b""
+
+
+async def test_aiortc_whip_publisher_is_stream_copied(server: Server, tmp_path: Path) -> None:
+    room = "9401"
+    sample = write_sample(SampleSpec(path=tmp_path / "alice.ts", label="alice", color=(200, 40, 40), seconds=12,
+                                     width=640, height=360, fps=15))
+    task = record(server, room, "rec_9401")
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    video = MediaPlayer(str(sample), decode=False)  # the file's own H.264 access units
+    audio = MediaPlayer(str(sample))
+    assert video.video is not None and audio.audio is not None
+    pc.addTrack(video.video)
+    pc.addTrack(audio.audio)
+    with ice_host_addresses(["127.0.0.1"]):
+        await pc.setLocalDescription(await pc.createOffer())
+    url = f"{server.url}/whip/{APP_ID}/{room}?userid=alice"
+    async with httpx.AsyncClient(timeout=15) as http:
+        bad = await http.post(url, content=pc.localDescription.sdp,
+                              headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {usersig('bob')}"})
+        assert bad.status_code == 401  # a UserSig of another user joins nothing
+        reply = await http.post(url, content=pc.localDescription.sdp,
+                                headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {usersig('alice')}"})
+        assert reply.status_code == 201, reply.text
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=reply.text, type="answer"))
+        await asyncio.sleep(8)
+        gone = await http.delete(server.url + reply.headers["location"])
+        assert gone.status_code == 200
+    await pc.close()
+    await asyncio.to_thread(wait_ended, server, task)  # MaxIdleTime after alice left
+    key = RoomKey(APP_ID, room, RoomIdType.INTEGER)
+    files = sorted((server.storage / "publishers" / task).glob(naming.user_base(key, "alice", TrackKind.MAIN) + "*.mp4"))
+    assert files
+    rep = probe(files[0])
+    assert rep.video and rep.video["codec"] == "h264" and (rep.video["width"], rep.video["height"]) == (640, 360)
+    assert rep.audio and rep.audio["codec"] == "aac" and rep.audio["rms"] > 0.02
+    assert 5.0 < rep.duration < 9.5
+    with av.open(str(sample)) as src, av.open(str(files[0])) as out:
+        first_key = next(bytes(p) for p in src.demux(src.streams.video[0]) if p.is_keyframe)
+        assert sps_of(out.streams.video[0].codec_context.extradata or b"") == sps_of(first_key)  # copied, not re-encoded
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_chromium_publishes_from_the_publish_page(server: Server, tmp_path: Path) -> None:
+    browser = chromium()
+    if browser is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium is required under CI (make test installs it)")
+        pytest.skip("chromium is not installed (make browsers)")
+    room = "9402"
+    task = record(server, room, "rec_9402")
+    page = (f"{server.url}/publish?sdkappid={APP_ID}&roomid={room}&roomidtype=1&userid=chrome"
+            f"&usersig={usersig('chrome')}&autostart=1")
+    proc = subprocess.Popen(
+        [browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--use-fake-ui-for-media-stream",
+         "--use-fake-device-for-media-stream", "--allow-loopback-in-peer-connection",
+         "--autoplay-policy=no-user-gesture-required", "--remote-debugging-port=0", page],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: call(client(server), "DescribeCloudRecording", {"SdkAppId": APP_ID, "TaskId": task}).StorageFileList,
+                 30, what="chromium's media to be recorded")
+        time.sleep(6)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    wait_ended(server, task)
+    key = RoomKey(APP_ID, room, RoomIdType.INTEGER)
+    files = sorted((server.storage / "publishers" / task).glob(naming.user_base(key, "chrome", TrackKind.MAIN) + "*.mp4"))
+    assert files
+    rep = probe(files[0])
+    assert rep.video and rep.video["codec"] == "h264" and rep.video["frames"] > 30
+    assert rep.audio and rep.audio["rms"] > 0.001
+    assert rep.duration > 4
