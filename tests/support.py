@@ -46,6 +46,7 @@ class Server:
     root: Path
     proc: subprocess.Popen[bytes]
     log: Path
+    rtmp_port: int = 0
 
     @property
     def endpoint(self) -> str:
@@ -73,13 +74,13 @@ class Server:
         return self.log.read_text(errors="replace")
 
 
-def write_config(root: Path, port: int, extra: str = "") -> Path:
+def write_config(root: Path, port: int, extra: str = "", rtmp_port: int = 0) -> Path:
     cfg = root / "cloudrec.toml"
     cfg.write_text(
         f"""
 [server]
 http_listen = "127.0.0.1:{port}"
-rtmp_listen = "127.0.0.1:{free_port()}"
+rtmp_listen = "127.0.0.1:{rtmp_port or free_port()}"
 data_dir = "data"
 
 [media]
@@ -112,15 +113,15 @@ secret = "{SECRET_KEY}"
 @contextmanager
 def running_server(root: Path, extra: str = "") -> Iterator[Server]:
     root.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    cfg = write_config(root, port, extra)
+    port, rtmp_port = free_port(), free_port()
+    cfg = write_config(root, port, extra, rtmp_port)
     log = root / "server.log"
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
             [sys.executable, "-m", "cloudrec.cli", "serve", "--config", str(cfg)], stdout=fh, stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-    server = Server(port=port, root=root, proc=proc, log=log)
+    server = Server(port=port, root=root, proc=proc, log=log, rtmp_port=rtmp_port)
     try:
         deadline = time.monotonic() + 30
         while True:

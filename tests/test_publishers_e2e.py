@@ -121,3 +121,34 @@ def test_chromium_publishes_from_the_publish_page(server: Server, tmp_path: Path
     assert rep.video and rep.video["codec"] == "h264" and rep.video["frames"] > 30
     assert rep.audio and rep.audio["rms"] > 0.001
     assert rep.duration > 4
+
+
+def test_ffmpeg_rtmp_push_is_recorded(server: Server, tmp_path: Path) -> None:
+    import imageio_ffmpeg
+
+    room = "9403"
+    sample = write_sample(SampleSpec(path=tmp_path / "obs.mp4", label="obs", color=(40, 160, 60), seconds=8))
+    task = record(server, room, "rec_9403")
+
+    def push(user: str, sig: str) -> subprocess.Popen[bytes]:
+        url = f"rtmp://127.0.0.1:{server.rtmp_port}/push/{room}?sdkappid={APP_ID}&userid={user}&usersig={sig}"
+        return subprocess.Popen([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-re",
+                                 "-i", str(sample), "-c", "copy", "-f", "flv", url],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    refused = push("mallory", usersig("someone-else"))
+    assert refused.wait(20) != 0  # a bad signature is refused at publish
+    good = push("obs", usersig("obs"))
+    assert good.wait(30) == 0
+    wait_ended(server, task)
+    key = RoomKey(APP_ID, room, RoomIdType.INTEGER)
+    out = server.storage / "publishers" / task
+    assert not list(out.glob(naming.user_base(key, "mallory", TrackKind.MAIN) + "*"))
+    files = sorted(out.glob(naming.user_base(key, "obs", TrackKind.MAIN) + "*.mp4"))
+    assert files
+    rep = probe(files[0])
+    assert rep.video and rep.video["codec"] == "h264" and rep.audio and rep.audio["rms"] > 0.05
+    assert rep.duration > 6.0
+    with av.open(str(sample)) as src, av.open(str(files[0])) as outc:
+        assert sps_of(outc.streams.video[0].codec_context.extradata or b"") == sps_of(
+            src.streams.video[0].codec_context.extradata or b"")  # stream copy: the publisher's own SPS

@@ -19,6 +19,7 @@ from cloudrec.dialects.tencent.publish import PublishDenied, PublisherAuth
 from cloudrec.dialects.tencent.trtc import TrtcActions
 from cloudrec.dialects.tencent.usersig import make_usersig
 from cloudrec.rooms.registry import RoomRegistry
+from cloudrec.rooms.rtmp import PublishGrant, PublishRequest, RtmpServer
 from cloudrec.rooms.whip import WebRtcGateway
 from cloudrec.settings import Settings
 from cloudrec.store.sql import SqlTaskStore
@@ -57,12 +58,22 @@ class Service:
         self.publishers = PublisherAuth(apps)
         self.webrtc = WebRtcGateway(self.registry, host_addresses=settings.ice_host_addresses,
                                     ice_servers=settings.ice_servers)
+        self.rtmp = RtmpServer(self.registry, self._authorize_rtmp, host=settings.rtmp_host, port=settings.rtmp_port)
         self.app = create_app(
             tencent=gateway, ready=lambda: self.ready,
             extra_routes=webrtc_routes(self.webrtc, self._authorize_webrtc),
             dev_usersig=self._dev_usersig if settings.dev_usersig else None,
         )
         self._server: uvicorn.Server | None = None
+
+    async def _authorize_rtmp(self, request: PublishRequest) -> PublishGrant | None:
+        """`rtmp://host/push/<RoomId>?sdkappid=…&userid=…&usersig=…`; refused at `publish`."""
+        try:
+            admission = self.publishers.admit_rtmp(request.app, request.stream, request.query)
+        except PublishDenied as exc:
+            logger.info("rtmp publish refused", extra={"remote": request.remote, "reason": exc.reason})
+            return None
+        return PublishGrant(room=admission.room, user_id=admission.user_id)
 
     async def _authorize_webrtc(self, request: WebRtcRequest) -> WebRtcGrant | None:
         """WHIP publishers and WHEP viewers prove `?userid=` with their UserSig as the bearer token."""
@@ -90,6 +101,7 @@ class Service:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         await self.store.start()
         await self.worker.start()
+        await self.rtmp.start()
         config = uvicorn.Config(self.app, host=self.settings.http_host, port=self.settings.http_port,
                                 log_config=None, access_log=False, lifespan="off")
         self._server = uvicorn.Server(config)
@@ -101,11 +113,13 @@ class Service:
         if serving.done():
             await serving  # surfaces "address in use" and the like
         self.ready = True
-        logger.info("cloudrec ready", extra={"http": f"{self.settings.http_host}:{self.settings.http_port}"})
+        logger.info("cloudrec ready", extra={"http": f"{self.settings.http_host}:{self.settings.http_port}",
+                                             "rtmp": f"{self.settings.rtmp_host}:{self.rtmp.port}"})
         await stop.wait()
         logger.info("cloudrec stopping")
         self.ready = False
-        await self.webrtc.stop()  # publishers leave first, so recordings see them go
+        await self.rtmp.stop()  # publishers leave first, so recordings see them go
+        await self.webrtc.stop()
         await self.worker.stop()
         self._server.should_exit = True
         await serving

@@ -178,9 +178,14 @@ class Room:
             self._participants[user_id] = p
             self.version += 1
             self.dismissed = False
-        if old is not None:
+        if old is not None:  # displaced by a newer connection of the same user
             for t in list(old.tracks.values()):
                 t.close()
+            if old.on_removed is not None:
+                try:
+                    old.on_removed()
+                except Exception:
+                    logger.exception("publisher disconnect failed", extra={"room": str(self.key), "user_id": user_id})
         logger.info("user joined", extra={"room": str(self.key), "user_id": user_id})
         return p
 
