@@ -12,6 +12,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -73,11 +74,18 @@ class TrackSubscriber:
 
 
 class Track:
+    """One published track. It keeps the units since the last keyframe (video) or the last few
+    seconds (audio) so that a new subscriber starts at once instead of at the next keyframe."""
+
+    CACHE_MAX_UNITS = 1200  # a GOP longer than this is not cached (the subscriber waits for a keyframe)
+    AUDIO_CACHE_SECONDS = 3.0
+
     def __init__(self, participant: Participant, kind: TrackKind) -> None:
         self.participant = participant
         self.kind = kind
         self._subscribers: list[TrackSubscriber] = []
         self._lock = threading.Lock()
+        self._cache: deque[MediaUnit] = deque()
         self.closed = False
         self.units = 0
         self.last_unit_at: float | None = None  # monotonic
@@ -88,6 +96,8 @@ class Track:
             if self.closed:
                 sub.put(_END)
             else:
+                for unit in self._cache:
+                    sub.put(unit)
                 self._subscribers.append(sub)
         return sub
 
@@ -98,17 +108,34 @@ class Track:
 
     def publish(self, unit: MediaUnit) -> None:
         with self._lock:
+            self._remember(unit)
             subs = list(self._subscribers)
         self.units += 1
         self.last_unit_at = time.monotonic()
         for sub in subs:
             sub.put(unit)
 
+    def _remember(self, unit: MediaUnit) -> None:
+        cache = self._cache
+        if self.kind.is_video:
+            if unit.key:
+                cache.clear()
+            if cache or unit.key:
+                cache.append(unit)
+            if len(cache) > self.CACHE_MAX_UNITS:
+                cache.clear()
+        else:
+            cache.append(unit)
+            horizon = unit.seconds - self.AUDIO_CACHE_SECONDS
+            while cache and (cache[0].seconds < horizon or len(cache) > self.CACHE_MAX_UNITS):
+                cache.popleft()
+
     def close(self) -> None:
         with self._lock:
             if self.closed:
                 return
             self.closed = True
+            self._cache.clear()
             subs, self._subscribers = self._subscribers, []
         for sub in subs:
             sub.put(_END)
