@@ -12,6 +12,7 @@ import av
 import numpy as np
 import pytest
 
+from cloudrec.core.h264 import annexb_nals
 from cloudrec.rooms.h264rtp import AccessUnit, H264Depacketizer, parse_sprop_parameter_sets, sps_dimensions
 
 MTU = 300  # small, so most slices travel as FU-A
@@ -31,20 +32,6 @@ class Rtp:
     seq: int
     ts: int
     marker: bool
-
-
-def split_annexb(data: bytes) -> list[bytes]:
-    nals: list[bytes] = []
-    pos = data.find(b"\x00\x00\x01")
-    while pos >= 0:
-        nxt = data.find(b"\x00\x00\x01", pos + 3)
-        nal = data[pos + 3 : len(data) if nxt < 0 else nxt]
-        if nxt >= 0:
-            nal = nal.rstrip(b"\x00")
-        if nal:
-            nals.append(nal)
-        pos = nxt
-    return nals
 
 
 def encode(n: int = 45, width: int = 320, height: int = 240, gop: int = 15, slices: int = 1) -> list[EncodedAU]:
@@ -68,7 +55,7 @@ def encode(n: int = 45, width: int = 320, height: int = 240, gop: int = 15, slic
     for p in packets:
         assert p.pts is not None
         data = bytes(p)
-        aus.append(EncodedAU(data=data, nals=split_annexb(data), ts=(ts0 + p.pts * 3000) & 0xFFFFFFFF, key=p.is_keyframe))
+        aus.append(EncodedAU(data=data, nals=annexb_nals(data), ts=(ts0 + p.pts * 3000) & 0xFFFFFFFF, key=p.is_keyframe))
     return aus
 
 
@@ -141,7 +128,7 @@ def test_lossless_reassembly_is_bit_exact(clip: list[EncodedAU]) -> None:
     dep = H264Depacketizer()
     units = feed(dep, packets)
     assert [u.timestamp for u in units] == [a.ts for a in clip]
-    assert [split_annexb(u.data) for u in units] == [a.nals for a in clip]
+    assert [annexb_nals(u.data) for u in units] == [a.nals for a in clip]
     assert [u.key for u in units] == [a.key for a in clip]
     assert all(u.data.startswith(b"\x00\x00\x00\x01") for u in units)
     assert dep.lost == dep.malformed == dep.dropped_units == 0 and not dep.take_keyframe_request()
@@ -159,7 +146,7 @@ def test_multi_slice_pictures_and_missing_marker() -> None:
     assert any(sum(1 for n in a.nals if n[0] & 0x1F in (1, 5)) == 3 for a in aus)
     packets = [Rtp(p.payload, p.seq, p.ts, False) for p in packetize(aus, mtu=1200)]  # a sender that never sets the marker
     units = feed(H264Depacketizer(), packets)
-    assert [split_annexb(u.data) for u in units] == [a.nals for a in aus]
+    assert [annexb_nals(u.data) for u in units] == [a.nals for a in aus]
 
 
 def test_loss_drops_until_next_idr_and_asks_for_keyframe(clip: list[EncodedAU]) -> None:
@@ -197,7 +184,7 @@ def test_reordering_within_window_and_duplicates_are_harmless(clip: list[Encoded
     shuffled[40:40] = [packets[30], packets[31]]  # duplicates (e.g. a retransmission racing the original)
     dep = H264Depacketizer(reorder_window=8)
     units = feed(dep, shuffled)
-    assert [split_annexb(u.data) for u in units] == [a.nals for a in clip]
+    assert [annexb_nals(u.data) for u in units] == [a.nals for a in clip]
     assert dep.lost == 0 and dep.late == 2
 
 
@@ -233,7 +220,7 @@ def test_parameter_sets_from_sdp_are_prepended(clip: list[EncodedAU]) -> None:
     units = feed(H264Depacketizer(sprop_parameter_sets=sprop), packetize(stripped))
     assert len(units) == len(clip)
     for u, a in zip(units, clip):
-        assert split_annexb(u.data) == [n for n in a.nals if n[0] & 0x1F != 9] or split_annexb(u.data) == a.nals
+        assert annexb_nals(u.data) == [n for n in a.nals if n[0] & 0x1F != 9] or annexb_nals(u.data) == a.nals
     got = decode([u.data for u in units])
     want = decode([a.data for a in clip])
     assert all(np.array_equal(g, w) for g, w in zip(got, want))

@@ -17,6 +17,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaPlayer
 
 from cloudrec.core import naming
+from cloudrec.core.h264 import NAL_SPS, annexb_nals, avcc_sps, nal_type
 from cloudrec.core.rooms import RoomIdType, RoomKey
 from cloudrec.core.spec import TrackKind
 from cloudrec.rooms.whip import ice_host_addresses
@@ -34,13 +35,9 @@ def record(server: Server, room: str, robot: str, mode: int = 1) -> str:
 
 def sps_of(data: bytes) -> bytes:
     """The SPS NAL of an Annex-B or avcC blob."""
-    if data[:1] == b"\x01":  # avcC
-        n = int.from_bytes(data[6:8], "big")
-        return data[8:8 + n]
-    for nal in data.replace(b"\x00\x00\x00\x01", b"\x00\x00\x01").split(b"\x00\x00\x01"):
-        if nal and nal[0] & 0x1F == 7:
-            return nal.rstrip(b"\x00")
-    return b""
+    if data[:1] == b"\x01":
+        return avcc_sps(data) or b""
+    return next((n for n in annexb_nals(data) if nal_type(n) == NAL_SPS), b"")
 
 
 async def test_aiortc_whip_publisher_is_stream_copied(server: Server, tmp_path: Path) -> None:

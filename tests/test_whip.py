@@ -25,6 +25,7 @@ from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from starlette.applications import Starlette
 
+from cloudrec.core.h264 import annexb_nals
 from cloudrec.api.whip import InvalidToken, WebRtcGrant, WebRtcRequest, webrtc_routes
 from cloudrec.core.media import MediaUnit
 from cloudrec.core.rooms import RoomIdType, RoomKey
@@ -131,20 +132,6 @@ async def collect(subs: dict[TrackKind, TrackSubscriber], *, quiet: float = 1.5,
     return got
 
 
-def nal_units(data: bytes) -> list[bytes]:
-    out: list[bytes] = []
-    pos = data.find(b"\x00\x00\x01")
-    while pos >= 0:
-        nxt = data.find(b"\x00\x00\x01", pos + 3)
-        nal = data[pos + 3 : len(data) if nxt < 0 else nxt]
-        if nxt >= 0:
-            nal = nal.rstrip(b"\x00")
-        if nal:
-            out.append(nal)
-        pos = nxt
-    return out
-
-
 @pytest.fixture(scope="module")
 def sample_ts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """H.264 (Annex-B in MPEG-TS, what aiortc can send pre-encoded) + AAC, 320×240 @ 15 fps."""
@@ -210,14 +197,14 @@ async def test_h264_publish_is_stream_copied_and_records(tmp_path: Path, sample_
     video, audio = got[TrackKind.MAIN], got[TrackKind.AUDIO]
     # stream copy: the file's own parameter sets and slices, byte for byte, as Annex-B units
     source = file_access_units(sample_ts)
-    source_sps = next(n for n in nal_units(source[0]) if n[0] & 0x1F == 7)
+    source_sps = next(n for n in annexb_nals(source[0]) if n[0] & 0x1F == 7)
     assert len(video) >= len(source) - 2
     assert video[0].key and all(u.data.startswith(b"\x00\x00\x00\x01") for u in video)
     assert video[0].info.codec == "h264" and video[0].info.time_base == Fraction(1, 90000)
     assert (video[0].info.width, video[0].info.height) == (320, 240)
-    assert video[0].info.extradata is not None and source_sps in nal_units(video[0].info.extradata)
-    slices = {n for au in source for n in nal_units(au) if n[0] & 0x1F in (1, 5)}
-    assert all(n in slices for u in video for n in nal_units(u.data) if n[0] & 0x1F in (1, 5))
+    assert video[0].info.extradata is not None and source_sps in annexb_nals(video[0].info.extradata)
+    slices = {n for au in source for n in annexb_nals(au) if n[0] & 0x1F in (1, 5)}
+    assert all(n in slices for u in video for n in annexb_nals(u.data) if n[0] & 0x1F in (1, 5))
     assert all(b.pts > a.pts for a, b in zip(video, video[1:]))
     span = video[-1].seconds - video[0].seconds + 1 / FPS
     assert abs(span - SECONDS) < 0.5

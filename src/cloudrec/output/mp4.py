@@ -30,6 +30,7 @@ from av.stream import Stream
 from av.video.codeccontext import VideoCodecContext
 
 from cloudrec.core import naming
+from cloudrec.core.h264 import annexb_nals
 from cloudrec.core.media import FileEvent, MediaUnit, PacketSink, StreamInfo
 
 logger = logging.getLogger(__name__)
@@ -51,23 +52,6 @@ _AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 120
 
 def is_annexb(data: bytes) -> bool:
     return data.startswith(_START3) or data.startswith(_START4)
-
-
-def annexb_nals(data: bytes) -> list[bytes]:
-    """The NAL units of an Annex-B buffer, without their start codes."""
-    nals: list[bytes] = []
-    pos = data.find(_START3)
-    while pos >= 0:
-        start = pos + 3
-        nxt = data.find(_START3, start)
-        end = len(data) if nxt < 0 else nxt
-        nal = data[start:end]
-        if nxt >= 0 and nal.endswith(b"\x00"):
-            nal = nal.rstrip(b"\x00")  # the leading zero of a 4-byte start code
-        if nal:
-            nals.append(nal)
-        pos = nxt
-    return nals
 
 
 def h264_parameter_sets(data: bytes) -> bytes | None:

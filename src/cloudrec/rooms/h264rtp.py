@@ -29,13 +29,13 @@ import binascii
 import logging
 from dataclasses import dataclass
 
+from cloudrec.core.h264 import NAL_PPS, NAL_SPS, nal_type, parse_sps
+
 logger = logging.getLogger(__name__)
 
 START_CODE = b"\x00\x00\x00\x01"
 NAL_IDR = 5
 NAL_SEI = 6
-NAL_SPS = 7
-NAL_PPS = 8
 NAL_AUD = 9
 STAP_A = 24
 FU_A = 28
@@ -57,10 +57,6 @@ class AccessUnit:
     def extradata(self) -> bytes:
         """Annex-B SPS + PPS: what FFmpeg takes as H.264 extradata (the mp4 muxer turns it into avcC)."""
         return START_CODE + self.sps + START_CODE + self.pps
-
-
-def nal_type(nal: bytes) -> int:
-    return nal[0] & 0x1F if nal else 0
 
 
 def parse_sprop_parameter_sets(value: str) -> list[bytes]:
@@ -303,100 +299,7 @@ class H264Depacketizer:
         ))
 
 
-# ---------------------------------------------------------------------------------------------
-# SPS → picture size (enough of H.264 7.3.2.1.1 to reach the dimensions and cropping)
-
-
-class _Bits:
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    def bit(self) -> int:
-        byte = self.pos >> 3
-        if byte >= len(self.data):
-            raise ValueError("SPS truncated")
-        value = (self.data[byte] >> (7 - (self.pos & 7))) & 1
-        self.pos += 1
-        return value
-
-    def bits(self, n: int) -> int:
-        value = 0
-        for _ in range(n):
-            value = (value << 1) | self.bit()
-        return value
-
-    def ue(self) -> int:
-        zeros = 0
-        while self.bit() == 0:
-            zeros += 1
-            if zeros > 31:
-                raise ValueError("bad exp-Golomb code")
-        return (1 << zeros) - 1 + self.bits(zeros)
-
-    def se(self) -> int:
-        k = self.ue()
-        return (k + 1) // 2 if k & 1 else -(k // 2)
-
-
-def _unescape(nal: bytes) -> bytes:
-    """Remove emulation-prevention bytes (00 00 03 → 00 00)."""
-    return nal.replace(b"\x00\x00\x03", b"\x00\x00")
-
-
 def sps_dimensions(sps: bytes) -> tuple[int, int]:
     """(width, height) of the pictures an SPS describes; ValueError when it cannot be parsed."""
-    if nal_type(sps) != NAL_SPS:
-        raise ValueError("not an SPS")
-    r = _Bits(_unescape(sps[1:]))
-    profile_idc = r.bits(8)
-    r.bits(16)  # constraint flags, level_idc
-    r.ue()  # seq_parameter_set_id
-    chroma_format_idc = 1
-    separate_colour_plane = 0
-    if profile_idc in (100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135):
-        chroma_format_idc = r.ue()
-        if chroma_format_idc == 3:
-            separate_colour_plane = r.bit()
-        r.ue()  # bit_depth_luma_minus8
-        r.ue()  # bit_depth_chroma_minus8
-        r.bit()  # qpprime_y_zero_transform_bypass_flag
-        if r.bit():  # seq_scaling_matrix_present_flag
-            for i in range(8 if chroma_format_idc != 3 else 12):
-                if r.bit():
-                    size = 16 if i < 6 else 64
-                    last, nxt = 8, 8
-                    for _ in range(size):
-                        if nxt != 0:
-                            nxt = (last + r.se() + 256) % 256
-                        last = nxt if nxt != 0 else last
-    r.ue()  # log2_max_frame_num_minus4
-    poc_type = r.ue()
-    if poc_type == 0:
-        r.ue()
-    elif poc_type == 1:
-        r.bit()
-        r.se()
-        r.se()
-        for _ in range(r.ue()):
-            r.se()
-    r.ue()  # max_num_ref_frames
-    r.bit()  # gaps_in_frame_num_value_allowed_flag
-    width_mbs = r.ue() + 1
-    height_map_units = r.ue() + 1
-    frame_mbs_only = r.bit()
-    if not frame_mbs_only:
-        r.bit()  # mb_adaptive_frame_field_flag
-    r.bit()  # direct_8x8_inference_flag
-    width = width_mbs * 16
-    height = height_map_units * 16 * (2 - frame_mbs_only)
-    if r.bit():  # frame_cropping_flag
-        left, right, top, bottom = r.ue(), r.ue(), r.ue(), r.ue()
-        array_type = 0 if separate_colour_plane else chroma_format_idc
-        crop_x = 1 if array_type == 0 else (2 if array_type in (1, 2) else 1)
-        crop_y = (1 if array_type == 0 else (2 if array_type == 1 else 1)) * (2 - frame_mbs_only)
-        width -= (left + right) * crop_x
-        height -= (top + bottom) * crop_y
-    if width <= 0 or height <= 0:
-        raise ValueError("bad SPS dimensions")
-    return width, height
+    info = parse_sps(sps)
+    return info.width, info.height

@@ -50,6 +50,7 @@ from enum import IntEnum
 from fractions import Fraction
 from typing import Any, TypeAlias
 
+from cloudrec.core.h264 import BitReader, avcc_sps, parse_sps
 from cloudrec.core.media import MediaUnit, StreamInfo
 from cloudrec.core.rooms import RoomKey
 from cloudrec.core.spec import TrackKind
@@ -461,112 +462,6 @@ _AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 120
 _VIDEO_CODECS = {2: "h263", 3: "screen", 4: "vp6", 5: "vp6a", 6: "screen2", 7: "h264", 12: "hevc", 13: "av1"}
 _AUDIO_CODECS = {0: "pcm", 1: "adpcm", 2: "mp3", 3: "pcm_le", 4: "nellymoser16", 5: "nellymoser8", 6: "nellymoser",
                  7: "alaw", 8: "mulaw", 9: "enhanced", 10: "aac", 11: "speex", 14: "mp3_8k"}
-_HIGH_PROFILES = frozenset({100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135})
-
-
-class _Bits:
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self._pos = 0  # bit position
-
-    def u(self, n: int) -> int:
-        value = 0
-        for _ in range(n):
-            byte = self._pos >> 3
-            if byte >= len(self._data):
-                raise ValueError("bitstream ended")
-            value = (value << 1) | ((self._data[byte] >> (7 - (self._pos & 7))) & 1)
-            self._pos += 1
-        return value
-
-    def ue(self) -> int:
-        zeros = 0
-        while self.u(1) == 0:
-            zeros += 1
-            if zeros > 31:
-                raise ValueError("bad exp-Golomb code")
-        return (1 << zeros) - 1 + self.u(zeros)
-
-    def se(self) -> int:
-        k = self.ue()
-        return (k + 1) // 2 if k & 1 else -(k // 2)
-
-
-def _unescape(nal: bytes) -> bytes:
-    """RBSP of a NAL unit (emulation-prevention bytes removed)."""
-    return nal.replace(b"\x00\x00\x03", b"\x00\x00")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SpsInfo:
-    width: int
-    height: int
-    pix_fmt: str | None
-
-
-def parse_sps(sps: bytes) -> SpsInfo:
-    """Picture size (after cropping) and pixel format of an H.264 SPS NAL unit (with its header)."""
-    r = _Bits(_unescape(sps[1:]))
-    profile = r.u(8)
-    r.u(16)  # constraint flags, level
-    r.ue()  # sps id
-    chroma = 1
-    bit_depth = 8
-    separate_planes = 0
-    if profile in _HIGH_PROFILES:
-        chroma = r.ue()
-        if chroma == 3:
-            separate_planes = r.u(1)
-        bit_depth = 8 + r.ue()
-        r.ue()  # chroma bit depth
-        r.u(1)  # qpprime_y_zero_transform_bypass
-        if r.u(1):  # seq_scaling_matrix_present
-            for i in range(8 if chroma != 3 else 12):
-                if r.u(1):
-                    last, nxt = 8, 8
-                    for _ in range(16 if i < 6 else 64):
-                        if nxt:
-                            nxt = (last + r.se() + 256) % 256
-                        last = nxt or last
-    r.ue()  # log2_max_frame_num - 4
-    poc_type = r.ue()
-    if poc_type == 0:
-        r.ue()
-    elif poc_type == 1:
-        r.u(1)
-        r.se()
-        r.se()
-        for _ in range(min(r.ue(), 255)):
-            r.se()
-    r.ue()  # max_num_ref_frames
-    r.u(1)  # gaps_in_frame_num_allowed
-    width_mbs = r.ue() + 1
-    height_units = r.ue() + 1
-    frame_mbs_only = r.u(1)
-    if not frame_mbs_only:
-        r.u(1)
-    r.u(1)  # direct_8x8_inference
-    crop = (0, 0, 0, 0)
-    if r.u(1):
-        crop = (r.ue(), r.ue(), r.ue(), r.ue())
-    if chroma == 0 or separate_planes:
-        unit_x, unit_y = 1, 2 - frame_mbs_only
-    else:
-        unit_x = 1 if chroma == 3 else 2
-        unit_y = (2 if chroma == 1 else 1) * (2 - frame_mbs_only)
-    width = width_mbs * 16 - (crop[0] + crop[1]) * unit_x
-    height = (2 - frame_mbs_only) * height_units * 16 - (crop[2] + crop[3]) * unit_y
-    pix_fmt = {0: "gray", 1: "yuv420p", 2: "yuv422p", 3: "yuv444p"}.get(chroma) if bit_depth == 8 else None
-    return SpsInfo(width=max(width, 0), height=max(height, 0), pix_fmt=pix_fmt)
-
-
-def avcc_sps(avcc: bytes) -> bytes | None:
-    """The first SPS NAL unit of an AVCDecoderConfigurationRecord."""
-    if len(avcc) < 8 or avcc[0] != 1 or avcc[5] & 0x1F == 0:
-        return None
-    size = int.from_bytes(avcc[6:8], "big")
-    sps = avcc[8 : 8 + size]
-    return sps if len(sps) == size and size > 1 else None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -577,7 +472,7 @@ class AacConfig:
 
 
 def parse_audio_specific_config(asc: bytes) -> AacConfig:
-    r = _Bits(asc)
+    r = BitReader(asc)
 
     def rate() -> int:
         index = r.u(4)
