@@ -55,11 +55,6 @@ class TencentGateway:
         self.max_body = max_body_bytes
         self.clock = clock
 
-    @staticmethod
-    def claims(headers: Mapping[str, str], query_string: str) -> bool:
-        """Is this request for us? (TC3 headers, or v1 parameters in the query or body.)"""
-        return "x-tc-action" in headers or "Action=" in query_string or headers.get("authorization", "").startswith("TC3-")
-
     async def handle(
         self, *, method: str, host: str, headers: Mapping[str, str], query_string: str, body: bytes, too_large: bool = False
     ) -> Reply:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import replace
+from functools import partial
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -51,7 +52,6 @@ class TrtcActions:
         self.rooms = rooms
         self.apps = apps
         self.clock = clock
-        self.action = ""
         self.actions: dict[str, Action] = {
             "CreateCloudRecording": self.create_cloud_recording,
             "DescribeCloudRecording": self.describe_cloud_recording,
@@ -61,19 +61,19 @@ class TrtcActions:
             "DescribeStreamIngest": self.describe_stream_ingest,
             "UpdateStreamIngest": self.update_stream_ingest,
             "StopStreamIngest": self.stop_stream_ingest,
-            "DismissRoom": self.dismiss_room,
-            "DismissRoomByStrRoomId": self.dismiss_room,
-            "RemoveUser": self.remove_user,
-            "RemoveUserByStrRoomId": self.remove_user,
-            "SetUserBlocked": self.set_user_blocked,
-            "SetUserBlockedByStrRoomId": self.set_user_blocked,
+            # the …ByStrRoomId twins differ only in the room id type they take
+            "DismissRoom": partial(self.dismiss_room, id_type=1),
+            "DismissRoomByStrRoomId": partial(self.dismiss_room, id_type=0),
+            "RemoveUser": partial(self.remove_user, id_type=1),
+            "RemoveUserByStrRoomId": partial(self.remove_user, id_type=0),
+            "SetUserBlocked": partial(self.set_user_blocked, id_type=1),
+            "SetUserBlockedByStrRoomId": partial(self.set_user_blocked, id_type=0),
         }
 
     async def call(self, action: str, params: Obj) -> dict[str, Any]:
         handler = self.actions.get(action)
         if handler is None:
             raise TencentError("InvalidAction", f"action {action} does not exist")
-        self.action = action  # the room actions differ only by their room id type
         try:
             return await handler(params)
         except NotFound as exc:
@@ -96,8 +96,10 @@ class TrtcActions:
             raise TencentError("InvalidParameter.SdkAppId", "unknown SdkAppId")
         return app
 
-    def room(self, p: Obj, app: AppInfo) -> RoomKey:
-        id_type = p.integer("RoomIdType", default=1, choices=(0, 1)) or 0
+    def room(self, p: Obj, app: AppInfo, id_type: int | None = None) -> RoomKey:
+        """The request's room; `id_type` fixed by the action (…ByStrRoomId) overrides RoomIdType."""
+        if id_type is None:
+            id_type = p.integer("RoomIdType", default=1, choices=(0, 1)) or 0
         room_id = p.req_str("RoomId", missing="MissingParameter.RoomId", invalid="InvalidParameter.RoomId")
         if id_type == 1:
             if not room_id.isdigit() or not 1 <= int(room_id) <= 4294967295:
@@ -145,6 +147,8 @@ class TrtcActions:
         stream_type = StreamType(rp.integer("StreamType", default=0, choices=(0, 1, 2)) or 0)
         output_format = rp.integer("OutputFormat", default=0, choices=tuple(_OUTPUTS)) or 0
         storage, outputs = self.storage(p, output_format)
+        transcode = p.obj("MixTranscodeParams")
+        video = self.video_params(transcode)
         spec = RecordingSpec(
             room=room,
             robot_user_id=robot,
@@ -157,9 +161,9 @@ class TrtcActions:
             max_file_minutes=rp.integer("MaxMediaFileDuration", default=1440, lo=1, hi=1440) or 1440,
             media_select=MediaSelect(rp.integer("MediaId", default=0, choices=(0, 1, 2)) or 0),
             fill_type=FillType(rp.integer("FillType", default=0, choices=(0, 1)) or 0),
-            video=self.video_params(p.obj("MixTranscodeParams")),
-            audio=self.audio_params(p.obj("MixTranscodeParams")),
-            layout=self.layout(p.obj("MixLayoutParams"), self.video_params(p.obj("MixTranscodeParams"))),
+            video=video,
+            audio=self.audio_params(transcode),
+            layout=self.layout(p.obj("MixLayoutParams"), video),
             storage=storage,
         )
         rp.integer("SubscribeAbility", default=0, choices=(0, 1))
@@ -358,26 +362,20 @@ class TrtcActions:
         return {}
 
     # --- room management ---------------------------------------------------------------------
-    def _action_room(self, p: Obj) -> RoomKey:
-        app = self.app(p)
-        by_string = self.action.endswith("ByStrRoomId")
-        p.data["RoomIdType"] = 0 if by_string else 1  # fixed by the action, not a request field
-        return self.room(p, app)
-
-    async def dismiss_room(self, p: Obj) -> dict[str, Any]:
-        await self.rooms.dismiss(self._action_room(p))
+    async def dismiss_room(self, p: Obj, *, id_type: int) -> dict[str, Any]:
+        await self.rooms.dismiss(self.room(p, self.app(p), id_type))
         return {}
 
-    async def remove_user(self, p: Obj) -> dict[str, Any]:
-        room = self._action_room(p)
+    async def remove_user(self, p: Obj, *, id_type: int) -> dict[str, Any]:
+        room = self.room(p, self.app(p), id_type)
         users = list(p.str_list("UserIds", max_items=10))
         if not users:
             raise TencentError("MissingParameter.UserIds", "missing parameter UserIds")
         await self.rooms.remove_users(room, users)
         return {}
 
-    async def set_user_blocked(self, p: Obj) -> dict[str, Any]:
-        room = self._action_room(p)
+    async def set_user_blocked(self, p: Obj, *, id_type: int) -> dict[str, Any]:
+        room = self.room(p, self.app(p), id_type)
         user = p.req_str("UserId", missing="MissingParameter.UserId", invalid="InvalidParameter.UserId")
         mute = p.req_int("IsMute", choices=(0, 1))
         await self.rooms.set_blocked(room, user, bool(mute))
