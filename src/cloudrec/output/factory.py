@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from cloudrec.core.media import FileEvent, PacketSink, StreamInfo
@@ -173,17 +174,11 @@ class SinkFactory:
         segment_seconds: float = 4.0,
         max_file_bytes: int = MAX_FILE_BYTES,
     ) -> None:
-        self.outputs = outputs
-        self.directory = directory
-        self.base = base
-        self.track_type = track_type
-        self.user_id = user_id
-        self.media = media
-        self.max_file_seconds = max_file_seconds
-        self.on_event = on_event
-        self.extract_audio = extract_audio
-        self.segment_seconds = segment_seconds
-        self.max_file_bytes = max_file_bytes
+        self._make = partial(
+            make_sinks, outputs, directory=directory, base=base, track_type=track_type, user_id=user_id, media=media,
+            max_file_seconds=max_file_seconds, on_event=on_event, extract_audio=extract_audio,
+            segment_seconds=segment_seconds, max_file_bytes=max_file_bytes,
+        )
         self.sets: list[list[PacketSink]] = []
 
     def __call__(self, streams: Sequence[StreamInfo], begin_unix_ms: int) -> list[PacketSink]:
@@ -192,23 +187,12 @@ class SinkFactory:
         previous = self.sets[-1] if self.sets else []
         next_index = 1 + max((s.index for s in previous if isinstance(s, RotatingFileSink)), default=0)
         hls = next((s for s in previous if isinstance(s, HlsSink)), None)
-        sinks = make_sinks(
-            self.outputs,
-            directory=self.directory,
-            base=self.base,
-            track_type=self.track_type,
-            user_id=self.user_id,
-            media=self.media,
+        sinks = self._make(
             wall0_ms=begin_unix_ms,
-            max_file_seconds=self.max_file_seconds,
             has_video=bool(video),
             has_audio=bool(audio),
-            on_event=self.on_event,
             video_codec=video[0].codec if video else "h264",
             audio_codec=audio[0].codec if audio else "aac",
-            extract_audio=self.extract_audio,
-            segment_seconds=self.segment_seconds,
-            max_file_bytes=self.max_file_bytes,
             first_index=next_index,
             continue_hls=hls,
         )
