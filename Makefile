@@ -24,6 +24,7 @@ demo: install
 test: install browsers
 	$(BIN)/lint-imports
 	$(BIN)/mypy src/cloudrec
+	$(BIN)/ruff check --select F src tests bench
 	$(BIN)/python -m pytest -q
 
 bench: install

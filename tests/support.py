@@ -18,6 +18,7 @@ import av
 import httpx
 import numpy as np
 from tencentcloud.common import credential
+from tencentcloud.common.exception.tencent_cloud_sdk_exception import TencentCloudSDKException
 from tencentcloud.common.profile.client_profile import ClientProfile
 from tencentcloud.common.profile.http_profile import HttpProfile
 from tencentcloud.trtc.v20190722 import models, trtc_client
@@ -237,3 +238,48 @@ def http_files(directory: Path) -> Any:
     from cloudrec.tools.fileserver import serve_directory
 
     return serve_directory(directory)
+
+
+# --- rooms fed by ingest -----------------------------------------------------------------------
+
+COLORS = [(220, 30, 30), (30, 200, 30), (30, 30, 220), (230, 230, 30)]
+TONES = [330.0, 440.0, 550.0, 660.0]
+USERS = ["alice", "bob", "carol", "dave"]
+
+
+@contextmanager
+def served_samples(root: Path, users: list[str], seconds: float) -> Iterator[str]:
+    """One solid-colour sample with a distinct tone per user, served over loopback HTTP."""
+    from cloudrec.tools.samples import SampleSpec, write_sample
+
+    for user, color, tone in zip(users, COLORS, TONES):
+        write_sample(SampleSpec(path=root / f"{user}.mp4", label=user, color=color, tone_hz=tone, seconds=seconds, text=False))
+    with http_files(root) as url:
+        yield url
+
+
+def ingest(server: Server, room: str, url: str, users: list[str]) -> list[str]:
+    c = client(server)
+    return [
+        call(c, "StartStreamIngest", {
+            "SdkAppId": APP_ID, "RoomId": room, "RoomIdType": 1, "UserId": u, "UserSig": usersig(u),
+            "StreamUrl": f"{url}/{u}.mp4"}).TaskId
+        for u in users
+    ]
+
+
+def wait_ended(server: Server, task_id: str) -> None:
+    def ended() -> bool:
+        try:
+            call(client(server), "DescribeCloudRecording", {"SdkAppId": APP_ID, "TaskId": task_id})
+            return False
+        except TencentCloudSDKException as exc:
+            return exc.code == "ResourceNotFound"
+
+    wait_for(ended, 30, what="task end")
+
+
+def rgb_close(pixel: np.ndarray, color: tuple[int, int, int], tol: int = 40) -> bool:
+    return bool(np.all(np.abs(pixel.astype(int) - np.array(color)) <= tol))
+
+

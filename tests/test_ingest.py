@@ -17,8 +17,9 @@ from cloudrec.core import naming
 from cloudrec.core.rooms import RoomIdType, RoomKey
 from cloudrec.core.spec import TrackKind
 from cloudrec.tools.samples import PALETTE, SampleSpec, write_sample
-from tests.support import APP_ID, Server, call, client, free_port, http_files, probe, storage_params, usersig, wait_for
-from tests.test_recording_e2e import wait_ended
+from tests.support import (
+    APP_ID, Server, call, client, free_port, http_files, probe, storage_params, usersig, wait_ended, wait_for,
+)
 
 
 def to_hls(src: Path, playlist: Path) -> None:

@@ -22,8 +22,7 @@ from cloudrec.core.rooms import RoomIdType, RoomKey
 from cloudrec.core.spec import TrackKind
 from cloudrec.rooms.whip import ice_host_addresses
 from cloudrec.tools.samples import SampleSpec, write_sample
-from tests.support import APP_ID, Server, call, client, probe, storage_params, usersig, wait_for
-from tests.test_recording_e2e import wait_ended
+from tests.support import APP_ID, Server, call, client, probe, storage_params, usersig, wait_ended, wait_for
 
 
 def record(server: Server, room: str, robot: str, mode: int = 1) -> str:

@@ -7,41 +7,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
 
 from cloudrec.core import naming
 from cloudrec.core.rooms import RoomIdType, RoomKey
 from cloudrec.core.spec import TrackKind
-from cloudrec.tools.samples import SampleSpec, write_sample
-from tests.support import APP_ID, Server, call, client, http_files, probe, sample_frame, storage_params, usersig, wait_for
+from tests.support import (
+    APP_ID, COLORS, USERS, Server, call, client, ingest, probe, rgb_close, sample_frame, served_samples, storage_params,
+    usersig, wait_ended, wait_for,
+)
 
-COLORS = [(220, 30, 30), (30, 200, 30), (30, 30, 220), (230, 230, 30)]
-TONES = [330.0, 440.0, 550.0, 660.0]
-USERS = ["alice", "bob", "carol", "dave"]
 LATENCY = 0.3
 
 
 @pytest.fixture(scope="module")
 def media_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("media")
-    for user, color, tone in zip(USERS, COLORS, TONES):
-        write_sample(SampleSpec(path=root / f"{user}.mp4", label=user, color=color, tone_hz=tone, seconds=30, text=False))
-    with http_files(root) as url:
+    with served_samples(tmp_path_factory.mktemp("media"), USERS, 30) as url:
         yield url
-
-
-def ingest(server: Server, room: str, url: str, users: list[str]) -> list[str]:
-    c = client(server)
-    return [
-        call(c, "StartStreamIngest", {
-            "SdkAppId": APP_ID, "RoomId": room, "RoomIdType": 1, "UserId": u, "UserSig": usersig(u),
-            "StreamUrl": f"{url}/{u}.mp4"}).TaskId
-        for u in users
-    ]
 
 
 def stop_all(server: Server, recording: str, ingests: list[str]) -> float:
@@ -51,23 +34,6 @@ def stop_all(server: Server, recording: str, ingests: list[str]) -> float:
     for t in ingests:
         call(c, "StopStreamIngest", {"SdkAppId": APP_ID, "TaskId": t})
     return stopped
-
-
-def wait_ended(server: Server, task_id: str) -> None:
-    from tencentcloud.common.exception.tencent_cloud_sdk_exception import TencentCloudSDKException
-
-    def ended() -> bool:
-        try:
-            call(client(server), "DescribeCloudRecording", {"SdkAppId": APP_ID, "TaskId": task_id})
-            return False
-        except TencentCloudSDKException as exc:
-            return exc.code == "ResourceNotFound"
-
-    wait_for(ended, 30, what="task end")
-
-
-def rgb_close(pixel: np.ndarray, color: tuple[int, int, int], tol: int = 40) -> bool:
-    return bool(np.all(np.abs(pixel.astype(int) - np.array(color)) <= tol))
 
 
 def test_mixed_grid_recording(server: Server, media_url: str) -> None:

@@ -13,26 +13,18 @@ import pytest
 from cloudrec.core import naming
 from cloudrec.core.rooms import RoomIdType, RoomKey
 from cloudrec.core.spec import TrackKind
-from cloudrec.tools.samples import SampleSpec, write_sample
 from tests.support import (
-    APP_ID, Server, call, client, http_files, probe, running_server, sample_frame, storage_params, usersig, wait_for,
+    APP_ID, COLORS, Server, call, client, ingest, probe, rgb_close, running_server, sample_frame, served_samples,
+    storage_params, usersig, wait_ended, wait_for,
 )
-from tests.test_recording_e2e import COLORS, TONES, ingest, rgb_close, wait_ended
 
 USERS = ["alice", "bob"]
 
 
 @pytest.fixture(scope="module")
 def media_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("media2")
-    for user, color, tone in zip(USERS, COLORS, TONES):
-        write_sample(SampleSpec(path=root / f"{user}.mp4", label=user, color=color, tone_hz=tone, seconds=40, text=False))
-    with http_files(root) as url:
+    with served_samples(tmp_path_factory.mktemp("media2"), USERS, 40) as url:
         yield url
-
-
-def frame_at_wall(path: Path, begin_ms: int, wall: float) -> object:
-    return sample_frame(path, wall - begin_ms / 1000)
 
 
 def test_custom_layout_modified_while_recording(server: Server, media_url: str) -> None:

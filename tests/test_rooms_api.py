@@ -11,9 +11,9 @@ from tencentcloud.common.exception.tencent_cloud_sdk_exception import TencentClo
 from cloudrec.core import naming
 from cloudrec.core.rooms import RoomIdType, RoomKey
 from cloudrec.core.spec import TrackKind
-from tests.support import APP_ID, Server, call, client, probe, storage_params, usersig, wait_for
+from tests.support import APP_ID, USERS, Server, call, client, ingest, probe, storage_params, usersig, wait_ended, wait_for
 from tests.test_api_trtc import envelope, raw
-from tests.test_recording_e2e import USERS, ingest, media_url, wait_ended  # noqa: F401  (fixture)
+from tests.test_recording_e2e import media_url  # noqa: F401  (the module's sample-media fixture)
 
 
 def test_remove_user_then_dismiss_room(server: Server, media_url: str) -> None:  # noqa: F811

@@ -19,7 +19,6 @@ from typing import Any
 
 from cloudrec.core import naming
 from cloudrec.core.ingest import IngestSpec
-from cloudrec.core.layout import Participant as LayoutParticipant
 from cloudrec.core.media import FileEvent, PacketSink
 from cloudrec.core.records import from_plain
 from cloudrec.core.spec import Container, MediaSelect, RecordingSpec, RecordMode, TrackKind
