@@ -12,7 +12,7 @@ import av
 import numpy as np
 import pytest
 
-from cloudrec.core.h264 import annexb_nals
+from cloudrec.core.h264 import annexb_nals, avcc_config, avcc_to_annexb
 from cloudrec.rooms.h264rtp import AccessUnit, H264Depacketizer, parse_sprop_parameter_sets, sps_dimensions
 
 MTU = 300  # small, so most slices travel as FU-A
@@ -232,3 +232,16 @@ def test_sps_dimensions_with_cropping() -> None:
     assert sps_dimensions(sps) == (640, 360)
     with pytest.raises(ValueError):
         sps_dimensions(b"\x67\x42")
+
+
+def test_avcc_units_become_annexb_with_parameter_sets() -> None:
+    sps, pps = bytes([0x67, 0x42, 0xC0, 0x1E, 0xDA]), bytes([0x68, 0xCE, 0x3C, 0x80])
+    avcc = bytes([1, 0x42, 0xC0, 0x1E, 0xFF, 0xE1]) + len(sps).to_bytes(2, "big") + sps + b"\x01" + len(pps).to_bytes(2, "big") + pps
+    assert avcc_config(avcc) == (4, [sps, pps])
+    slice_ = bytes([0x65]) + bytes(300)  # 301 bytes: its length prefix 00 00 01 2d looks like a start code
+    unit = len(slice_).to_bytes(4, "big") + slice_
+    assert avcc_to_annexb(unit, 4, [sps, pps]) == b"".join(b"\x00\x00\x00\x01" + n for n in (sps, pps, slice_))
+    with pytest.raises(ValueError):
+        avcc_to_annexb(unit[:-1], 4)  # a length past the end
+    with pytest.raises(ValueError):
+        avcc_config(avcc[:-2])  # a truncated record

@@ -22,7 +22,8 @@ from cloudrec.core.rooms import RoomIdType, RoomKey
 from cloudrec.core.spec import TrackKind
 from cloudrec.rooms.whip import ice_host_addresses
 from cloudrec.tools.samples import SampleSpec, write_sample
-from tests.support import APP_ID, Server, call, client, probe, storage_params, usersig, wait_ended, wait_for
+from tests.support import (APP_ID, Server, call, client, probe, rgb_close, sample_frame, storage_params, usersig,
+                           wait_ended, wait_for)
 
 
 def record(server: Server, room: str, robot: str, mode: int = 1) -> str:
@@ -117,6 +118,40 @@ def test_chromium_publishes_from_the_publish_page(server: Server, tmp_path: Path
     assert rep.video and rep.video["codec"] == "h264" and rep.video["frames"] > 30
     assert rep.audio and rep.audio["rms"] > 0.001
     assert rep.duration > 4
+
+
+def test_camera_and_screen_share_of_one_user_are_recorded_side_by_side(server: Server, tmp_path: Path) -> None:
+    """Two RTMP connections of one user (camera, then a screen share with `streamtype=aux`): the
+    screen share does not displace the camera, and each is recorded as its own file set."""
+    import imageio_ffmpeg
+
+    room = "9404"
+    camera_clip = write_sample(SampleSpec(path=tmp_path / "cam.mp4", label="cam", color=(40, 160, 60), seconds=8))
+    screen_clip = write_sample(SampleSpec(path=tmp_path / "scr.mp4", label="scr", color=(200, 60, 160), seconds=4))
+    task = record(server, room, "rec_9404")
+
+    def push(clip: Path, stream: str) -> subprocess.Popen[bytes]:
+        url = (f"rtmp://127.0.0.1:{server.rtmp_port}/push/{room}?sdkappid={APP_ID}&userid=presenter"
+               f"&usersig={usersig('presenter')}&streamtype={stream}")
+        return subprocess.Popen([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-re",
+                                 "-i", str(clip), "-c", "copy", "-f", "flv", url],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    camera = push(camera_clip, "main")
+    time.sleep(2)
+    screen = push(screen_clip, "aux")
+    assert screen.wait(30) == 0 and camera.wait(30) == 0  # neither connection was cut off
+    wait_ended(server, task)
+    key = RoomKey(APP_ID, room, RoomIdType.INTEGER)
+    out = server.storage / "publishers" / task
+    cam_files = sorted(out.glob(naming.user_base(key, "presenter", TrackKind.MAIN) + "*.mp4"))
+    scr_files = sorted(out.glob(naming.user_base(key, "presenter", TrackKind.AUX) + "*.mp4"))
+    assert len(cam_files) == 1 and len(scr_files) == 1, (cam_files, scr_files)
+    cam, scr = probe(cam_files[0]), probe(scr_files[0])
+    assert cam.video and cam.audio and cam.audio["rms"] > 0.05 and cam.duration > 7.0
+    assert scr.video and scr.video["codec"] == "h264" and 3.0 < scr.duration < 5.0
+    assert rgb_close(sample_frame(cam_files[0], 1.0)[10, 10], (40, 160, 60))
+    assert rgb_close(sample_frame(scr_files[0], 1.0)[10, 10], (200, 60, 160))
 
 
 def test_ffmpeg_rtmp_push_is_recorded(server: Server, tmp_path: Path) -> None:

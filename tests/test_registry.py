@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from fractions import Fraction
 
+import pytest
+
 from cloudrec.core.media import MediaUnit, StreamInfo
 from cloudrec.core.rooms import RoomKey
 from cloudrec.core.spec import TrackKind
-from cloudrec.rooms.registry import RoomRegistry
+from cloudrec.rooms.registry import CAMERA_KINDS, SCREEN_KINDS, RoomRegistry
 
 VIDEO = StreamInfo(kind=TrackKind.MAIN, codec="h264", time_base=Fraction(1, 1000))
 AUDIO = StreamInfo(kind=TrackKind.AUDIO, codec="aac", time_base=Fraction(1, 1000))
@@ -20,7 +22,7 @@ def unit(info: StreamInfo, ms: int, key: bool = False) -> MediaUnit:
 def test_late_subscriber_gets_the_current_gop_and_recent_audio() -> None:
     registry = RoomRegistry()
     room = registry.room(RoomKey(1, "1"))
-    user = room.join("u")
+    user = room.connect("u")
     video, audio = user.add_track(TrackKind.MAIN), user.add_track(TrackKind.AUDIO)
     video.publish(unit(VIDEO, 0))  # before any keyframe: never replayed
     for ms in range(0, 5000, 100):
@@ -39,11 +41,42 @@ def test_removal_calls_the_publisher_and_displacement_too() -> None:
     key = RoomKey(1, "2")
     room = registry.room(key)
     calls: list[str] = []
-    first = room.join("u")
-    first.on_removed = lambda: calls.append("displaced")
-    second = room.join("u")  # the same user again: the older connection is told to go
-    second.on_removed = lambda: calls.append("removed")
+    first = room.connect("u", on_removed=lambda: calls.append("displaced"))
+    room.connect("u", on_removed=lambda: calls.append("removed"))  # the same user again: the older connection goes
+    assert not first.present
     assert registry.remove_users(key, ["u", "nobody"]) == 1
     assert calls == ["displaced", "removed"] and room.participant("u") is None
-    room.join("v")
+    room.connect("v")
     assert registry.dismiss(key) == 1 and not registry.exists(key)
+
+
+def test_camera_and_screen_share_are_two_connections_of_one_user() -> None:
+    room = RoomRegistry().room(RoomKey(1, "3"))
+    calls: list[str] = []
+    camera = room.connect("u", CAMERA_KINDS, on_removed=lambda: calls.append("camera"))
+    cam_video, cam_audio = camera.add_track(TrackKind.MAIN), camera.add_track(TrackKind.AUDIO)
+    room.connect("w")
+    screen = room.connect("u", SCREEN_KINDS, on_removed=lambda: calls.append("screen"))
+    aux = screen.add_track(TrackKind.AUX)
+    with pytest.raises(ValueError):
+        screen.add_track(TrackKind.AUDIO)  # a screen share publishes no audio of its own
+    # both connections stand: the user keeps their entry order and all three tracks
+    snapshot = room.snapshot()
+    assert [p.user_id for p in snapshot.participants] == ["u", "w"] and calls == []
+    assert room.participant("u").tracks == {TrackKind.MAIN: cam_video, TrackKind.AUDIO: cam_audio, TrackKind.AUX: aux}  # type: ignore[union-attr]
+    # the screen share stops: the camera goes on
+    sub = aux.subscribe()
+    screen.leave()
+    assert sub.drain() == [] and sub.ended and not cam_video.closed
+    assert set(room.participant("u").tracks) == {TrackKind.MAIN, TrackKind.AUDIO}  # type: ignore[union-attr]
+    # a second screen share, then a new camera connection: only the camera is displaced
+    screen2 = room.connect("u", SCREEN_KINDS, on_removed=lambda: calls.append("screen2"))
+    screen2.add_track(TrackKind.AUX)
+    camera2 = room.connect("u", CAMERA_KINDS)
+    assert calls == ["camera"] and cam_video.closed and cam_audio.closed and screen2.present
+    assert set(room.participant("u").tracks) == {TrackKind.AUX}  # type: ignore[union-attr]
+    assert [p.user_id for p in room.snapshot().participants] == ["u", "w"]
+    # the user leaves with their last connection
+    camera2.leave()
+    screen2.leave()
+    assert room.participant("u") is None and room.participant("w") is not None

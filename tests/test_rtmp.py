@@ -362,10 +362,14 @@ async def test_displaced_and_removed_publishers_are_disconnected(
             assert time.monotonic() < deadline, "no media"
             await asyncio.sleep(0.05)
         old = registry.room(key("r7")).participant("henry")
+        old_track = old.tracks[TrackKind.MAIN]  # type: ignore[union-attr]
         second = await push(server.port, "r7", "henry", clips.main, before=("-stream_loop", "-1"))
         assert await finished(first, 10) != 0  # the same user publishing again closes the older connection
-        now = registry.room(key("r7")).participant("henry")
-        assert now is not None and now is not old and server.stats.publishers == 1
+        assert old_track.closed and server.stats.publishers == 1
+        deadline = time.monotonic() + 10
+        while (registry.room(key("r7")).participant("henry") or old).tracks.get(TrackKind.MAIN) in (None, old_track):
+            assert time.monotonic() < deadline, "the new connection publishes nothing"
+            await asyncio.sleep(0.05)
         await asyncio.sleep(0.5)
         assert registry.remove_users(key("r7"), ["henry"]) == 1  # RemoveUser: the publisher is cut off
         assert await finished(second, 10) != 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from fractions import Fraction
 from collections.abc import AsyncIterator
@@ -27,11 +28,13 @@ from starlette.applications import Starlette
 
 from cloudrec.core.h264 import annexb_nals
 from cloudrec.api.whip import InvalidToken, WebRtcGrant, WebRtcRequest, webrtc_routes
+from cloudrec.core.ingest import IngestSpec
 from cloudrec.core.media import MediaUnit
 from cloudrec.core.rooms import RoomIdType, RoomKey
 from cloudrec.core.spec import TrackKind
 from cloudrec.media.decode import Decoder
 from cloudrec.output.mp4 import Mp4Sink
+from cloudrec.rooms.ingest import IngestPublisher
 from cloudrec.rooms.registry import RoomRegistry, TrackSubscriber
 from cloudrec.rooms.whip import WebRtcGateway, ice_host_addresses
 from cloudrec.tools.samples import SampleSpec, write_sample
@@ -270,6 +273,113 @@ async def test_vp8_publish_when_no_h264_offered(sample_mp4: Path) -> None:
     assert isinstance(frames[0], av.VideoFrame) and frames[0].height == 240
 
 
+async def publish_h264_as(base: str, sample: Path, user: str, extra: str = "") -> tuple[RTCPeerConnection, list[MediaPlayer], httpx.Response]:
+    pc = client_pc()
+    video = MediaPlayer(str(sample), decode=False)
+    audio = MediaPlayer(str(sample))
+    assert video.video is not None and audio.audio is not None
+    pc.addTrack(video.video)
+    pc.addTrack(audio.audio)
+    return pc, [video, audio], await post_offer(whip_url(base, user, extra), pc)
+
+
+async def close_all(pcs: list[RTCPeerConnection], players: list[MediaPlayer]) -> None:
+    for pc in pcs:
+        await pc.close()
+    for p in players:
+        for t in (p.video, p.audio):
+            if t:
+                t.stop()
+
+
+async def test_camera_and_screen_share_are_two_sessions_and_removal_hangs_up(sample_ts: Path) -> None:
+    registry = RoomRegistry()
+    gateway = WebRtcGateway(registry, media_timeout=MEDIA_TIMEOUT)
+    async with serving(gateway) as base:
+        cam_pc, cam_players, cam = await publish_h264_as(base, sample_ts, "erin")
+        scr_pc, scr_players, scr = await publish_h264_as(base, sample_ts, "erin", "&streamtype=aux")
+        try:
+            assert cam.status_code == 201 and scr.status_code == 201, (cam.text, scr.text)
+            room = registry.find(KEY)
+            assert room is not None
+            erin = room.participant("erin")
+            assert erin is not None and set(erin.tracks) == {TrackKind.MAIN, TrackKind.AUDIO, TrackKind.AUX}
+            assert gateway.sessions == 2  # the screen share did not displace the camera
+            got = await collect({k: t.subscribe(maxsize=4096) for k, t in erin.tracks.items()}, quiet=0.5, limit=2.5)
+            assert all(len(units) > 5 for units in got.values()), {k: len(v) for k, v in got.items()}
+            assert got[TrackKind.AUX][0].info.codec == "h264"
+            # RemoveUser: both of the user's sessions are hung up, not only their tracks ended
+            assert registry.remove_users(KEY, ["erin"]) == 1
+            assert await wait_for(lambda: gateway.sessions == 0, 5)
+            assert room.participant("erin") is None
+            async with httpx.AsyncClient(timeout=10) as http:
+                assert (await http.delete(base + cam.headers["location"])).status_code == 404
+        finally:
+            await close_all([cam_pc, scr_pc], cam_players + scr_players)
+
+
+async def test_garbage_rtp_in_a_live_session_is_skipped(tmp_path: Path) -> None:
+    """A publisher whose video RTP payloads are partly random bytes: the session, the room and the
+    other units survive; a broken unit is skipped up to the next keyframe (a pre-encoded sender
+    cannot answer our PLI, so the sample has a keyframe every 5 frames)."""
+    sample = write_sample(SampleSpec(path=tmp_path / "grace.ts", label="grace", color=(90, 90, 200), seconds=SECONDS,
+                                     width=320, height=240, fps=FPS, gop=5))
+    registry = RoomRegistry()
+    gateway = WebRtcGateway(registry, media_timeout=MEDIA_TIMEOUT)
+    rng = np.random.default_rng(7)
+    async with serving(gateway) as base:
+        pc = client_pc()
+        video = MediaPlayer(str(sample), decode=False)
+        assert video.video is not None
+        sender = pc.addTrack(video.video)
+        state = {"n": 0, "corrupted": 0}
+
+        def header_length(packet: bytes) -> int:
+            n = 12 + 4 * (packet[0] & 0x0F)
+            if packet[0] & 0x10:
+                n += 4 + 4 * int.from_bytes(packet[n + 2:n + 4], "big")
+            return n
+
+        original = None
+
+        async def corrupting(data: bytes) -> None:
+            assert original is not None
+            if 192 <= data[1] <= 223:  # RTCP shares this path: leave it alone
+                await original(data)
+                return
+            state["n"] += 1
+            if 25 <= state["n"] < 31 or 60 <= state["n"] < 63:  # two bursts of random payloads
+                start = header_length(data)
+                garbage = rng.integers(0, 256, max(1, len(data) - start), dtype=np.uint8).tobytes()
+                if state["n"] % 2:
+                    garbage = garbage[:1]  # and truncated ones
+                data = data[:start] + garbage
+                state["corrupted"] += 1
+            await original(data)
+
+        try:
+            reply = await post_offer(whip_url(base, "grace"), pc)
+            assert reply.status_code == 201, reply.text
+            transport = sender.transport
+            original = transport._send_rtp
+            transport._send_rtp = corrupting  # type: ignore[method-assign]
+            room = registry.find(KEY)
+            assert room is not None and room.participant("grace") is not None
+            track = room.participant("grace").tracks[TrackKind.MAIN]  # type: ignore[union-attr]
+            got = await collect({TrackKind.MAIN: track.subscribe(maxsize=4096)}, quiet=2.0, limit=12)
+            session_id = reply.headers["location"].rsplit("/", 1)[1]
+            stats = gateway.stats(session_id)
+            assert stats is not None and state["corrupted"] == 9
+            assert stats["malformed"] + stats["ignored"] + stats["lost"] > 0, stats
+            assert room.participant("grace") is not None and gateway.sessions == 1  # still connected
+        finally:
+            await close_all([pc], [video])
+    units = got[TrackKind.MAIN]
+    assert len(units) >= SECONDS * FPS * 0.4 and units[0].key
+    assert all(b.dts > a.dts for a, b in zip(units, units[1:]))
+    assert units[-1].seconds - units[0].seconds > SECONDS - 1.0  # media kept flowing to the end
+
+
 async def test_refused_requests_join_nobody(sample_ts: Path) -> None:
     registry = RoomRegistry()
     gateway = WebRtcGateway(registry, media_timeout=MEDIA_TIMEOUT)
@@ -391,6 +501,40 @@ async def test_whep_viewer_receives_the_publisher(sample_ts: Path) -> None:
                 for t in (p.video, p.audio):
                     if t:
                         t.stop()
+
+
+async def test_whep_viewer_of_a_pulled_mp4_gets_its_h264_without_reencoding(sample_mp4: Path) -> None:
+    """A publisher whose H.264 is length-prefixed (a pulled MP4; RTMP is the same): forwarded as
+    Annex-B with parameter sets before keyframes, not decoded and re-encoded."""
+    registry = RoomRegistry()
+    gateway = WebRtcGateway(registry, media_timeout=MEDIA_TIMEOUT)
+    room = registry.room(KEY)
+    stop = threading.Event()
+    publisher = IngestPublisher(room, IngestSpec(room=KEY, user_id="frank", urls=(str(sample_mp4),), repeat=-1))
+    thread = threading.Thread(target=publisher.run, args=(stop,), daemon=True)
+    thread.start()
+    async with serving(gateway) as base:
+        assert await wait_for(lambda: (p := room.participant("frank")) is not None and len(p.tracks) == 2, 10)
+        viewer = client_pc()
+        viewer.addTransceiver("video", direction="recvonly")
+        sinks: dict[str, _FrameSink] = {}
+        viewer.on("track", lambda track: sinks.setdefault(track.kind, _FrameSink(track)))
+        try:
+            answer = await post_offer(f"{base}/whep/{APP}/{ROOM}/frank", viewer)
+            assert answer.status_code == 201, answer.text
+            assert await wait_for(lambda: "video" in sinks and len(sinks["video"].frames) >= 15, 12)
+            frame = sinks["video"].frames[-1]
+            assert isinstance(frame, av.VideoFrame) and (frame.width, frame.height) == (320, 240)
+            rgb = frame.to_ndarray(format="rgb24")
+            assert np.all(np.abs(rgb[5, 5].astype(int) - np.array((40, 80, 200))) < 40), rgb[5, 5]
+            stats = gateway.stats(answer.headers["location"].rsplit("/", 1)[1])
+            assert stats is not None and stats["video_forwarded"] >= 15 and stats["video_transcoded"] == 0
+        finally:
+            stop.set()
+            for s in sinks.values():
+                s.task.cancel()
+            await viewer.close()
+    thread.join(10)
 
 
 async def test_ffmpeg_whip_muxer_publishes(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import logging
 import uvicorn
 
 from cloudrec.api.app import create_app
-from cloudrec.api.whip import InvalidToken, WebRtcGrant, WebRtcRequest, webrtc_routes
+from cloudrec.api.whip import STREAM_TYPES, InvalidToken, WebRtcGrant, WebRtcRequest, webrtc_routes
 from cloudrec.control.apps import AppInfo
 from cloudrec.control.limits import RateLimiter
 from cloudrec.control.rooms import RoomControl
@@ -67,13 +67,17 @@ class Service:
         self._server: uvicorn.Server | None = None
 
     async def _authorize_rtmp(self, request: PublishRequest) -> PublishGrant | None:
-        """`rtmp://host/push/<RoomId>?sdkappid=…&userid=…&usersig=…`; refused at `publish`."""
+        """`rtmp://host/push/<RoomId>?sdkappid=…&userid=…&usersig=…[&streamtype=main|aux]`; refused at `publish`."""
+        track = STREAM_TYPES.get(request.query.get("streamtype", "main").lower())
+        if track is None:
+            logger.info("rtmp publish refused", extra={"remote": request.remote, "reason": "streamtype must be main or aux"})
+            return None
         try:
             admission = self.publishers.admit_rtmp(request.app, request.stream, request.query)
         except PublishDenied as exc:
             logger.info("rtmp publish refused", extra={"remote": request.remote, "reason": exc.reason})
             return None
-        return PublishGrant(room=admission.room, user_id=admission.user_id)
+        return PublishGrant(room=admission.room, user_id=admission.user_id, track=track)
 
     async def _authorize_webrtc(self, request: WebRtcRequest) -> WebRtcGrant | None:
         """WHIP publishers and WHEP viewers prove `?userid=` with their UserSig as the bearer token."""

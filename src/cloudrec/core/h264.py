@@ -5,11 +5,13 @@ One implementation for RTMP (avcC), WebRTC (RTP access units) and the MP4/TS sin
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 NAL_SPS = 7
 NAL_PPS = 8
 _START3 = b"\x00\x00\x01"
+_START4 = b"\x00\x00\x00\x01"
 _HIGH_PROFILES = frozenset({100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135})
 
 
@@ -66,6 +68,47 @@ def annexb_nals(data: bytes) -> list[bytes]:
             nals.append(nal)
         pos = nxt
     return nals
+
+
+def is_annexb(data: bytes) -> bool:
+    return data.startswith(_START3) or data.startswith(_START4)
+
+
+def avcc_config(avcc: bytes) -> tuple[int, list[bytes]]:
+    """(NAL length size, [SPS…, PPS…]) of an AVCDecoderConfigurationRecord; ValueError if malformed."""
+    if len(avcc) < 7 or avcc[0] != 1:
+        raise ValueError("not an AVCDecoderConfigurationRecord")
+    length_size = (avcc[4] & 0x03) + 1
+    sets: list[bytes] = []
+    pos = 5
+    for count_mask in (0x1F, 0xFF):  # SPS count (5 bits), then PPS count (8 bits)
+        if pos >= len(avcc):
+            raise ValueError("truncated AVCDecoderConfigurationRecord")
+        count = avcc[pos] & count_mask
+        pos += 1
+        for _ in range(count):
+            size = int.from_bytes(avcc[pos:pos + 2], "big")
+            nal = avcc[pos + 2:pos + 2 + size]
+            if size == 0 or len(nal) != size:
+                raise ValueError("truncated AVCDecoderConfigurationRecord")
+            sets.append(nal)
+            pos += 2 + size
+    return length_size, sets
+
+
+def avcc_to_annexb(data: bytes, length_size: int, prefix: Sequence[bytes] = ()) -> bytes:
+    """A length-prefixed (MP4/FLV) access unit as Annex-B, with `prefix` NAL units (parameter sets)
+    first; ValueError when a length runs past the end."""
+    out = [_START4 + n for n in prefix]
+    pos = 0
+    while pos + length_size <= len(data):
+        size = int.from_bytes(data[pos:pos + length_size], "big")
+        pos += length_size
+        if size == 0 or pos + size > len(data):
+            raise ValueError("NAL unit length past the end of the access unit")
+        out.append(_START4 + data[pos:pos + size])
+        pos += size
+    return b"".join(out)
 
 
 def avcc_sps(avcc: bytes) -> bytes | None:

@@ -30,7 +30,7 @@ from av.stream import Stream
 from av.video.codeccontext import VideoCodecContext
 
 from cloudrec.core import naming
-from cloudrec.core.h264 import annexb_nals
+from cloudrec.core.h264 import annexb_nals, is_annexb
 from cloudrec.core.media import FileEvent, MediaUnit, PacketSink, StreamInfo
 
 logger = logging.getLogger(__name__)
@@ -45,13 +45,8 @@ MP4_OPTIONS = {
 # ---------------------------------------------------------------------------------------------
 # Bitstream helpers (H.264 Annex-B / AVCC, AAC ADTS / AudioSpecificConfig)
 
-_START3 = b"\x00\x00\x01"
 _START4 = b"\x00\x00\x00\x01"
 _AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
-
-
-def is_annexb(data: bytes) -> bool:
-    return data.startswith(_START3) or data.startswith(_START4)
 
 
 def h264_parameter_sets(data: bytes) -> bytes | None:

@@ -22,7 +22,7 @@ import av.video.stream
 from cloudrec.core.ingest import IngestSpec
 from cloudrec.core.media import MediaUnit, StreamInfo
 from cloudrec.core.spec import TrackKind
-from cloudrec.rooms.registry import Participant, Room, Track
+from cloudrec.rooms.registry import Connection, Room, Track
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ class IngestEnd(Enum):
     STOPPED = "stopped"  # asked to stop
     MAX_DURATION = "max_duration"
     FAILED = "failed"  # the URL could not be opened or read
+    REMOVED = "removed"  # the user was removed from the room or displaced by another connection
 
 
 def _stream_info(stream: av.stream.Stream, kind: TrackKind) -> StreamInfo:
@@ -60,7 +61,7 @@ class IngestPublisher:
         self.room = room
         self.spec = spec
         self.clock = clock
-        self.participant: Participant | None = None
+        self.connection: Connection | None = None
         self.units = 0
         self.started_at: float | None = None
         self._infos: dict[TrackKind, StreamInfo] = {}
@@ -81,8 +82,8 @@ class IngestPublisher:
                 plays += 1
             return IngestEnd.FINISHED
         finally:
-            if self.participant is not None:
-                self.room.leave(self.participant)
+            if self.connection is not None:
+                self.connection.leave()
 
     def _play(self, url: str, start: float, stop: threading.Event, deadline: float, seek: float) -> float | IngestEnd:
         """Play one URL once; returns the room time at which it ended (where the next pass starts)."""
@@ -118,6 +119,9 @@ class IngestPublisher:
                 for packet in container.demux([container.streams[i] for i in chosen]):
                     if stop.is_set():
                         return IngestEnd.STOPPED
+                    if self.connection is not None and not self.connection.present:
+                        logger.info("ingest user left the room", extra={"user_id": self.spec.user_id})
+                        return IngestEnd.REMOVED
                     if self.clock() >= deadline:
                         return IngestEnd.MAX_DURATION
                     if packet.size == 0 or packet.time_base is None:
@@ -151,17 +155,17 @@ class IngestPublisher:
             return end
 
     def _tracks(self, streams: dict[av.stream.Stream, TrackKind]) -> dict[TrackKind, Track]:
-        if self.participant is None:
-            self.participant = self.room.join(self.spec.user_id)
+        if self.connection is None:
+            self.connection = self.room.connect(self.spec.user_id)
         out: dict[TrackKind, Track] = {}
         for stream, kind in streams.items():
             info = _stream_info(stream, kind)
             same = self._infos.get(kind) == info
             if not same:
                 self._infos[kind] = info  # a new object tells recorders the parameters changed
-            track = self.participant.tracks.get(kind)
-            out[kind] = track if track is not None and not track.closed else self.participant.add_track(kind)
-        for kind in list(self.participant.tracks):
+            track = self.connection.tracks.get(kind)
+            out[kind] = track if track is not None and not track.closed else self.connection.add_track(kind)
+        for kind in list(self.connection.tracks):
             if kind not in out:
-                self.participant.remove_track(kind)
+                self.connection.remove_track(kind)
         return out

@@ -141,22 +141,49 @@ class Track:
             sub.put(_END)
 
 
-class Participant:
-    def __init__(self, room: Room, user_id: str, seq: int) -> None:
-        self.room = room
-        self.user_id = user_id
-        self.seq = seq  # room-entry order
-        self.joined_at = time.monotonic()
-        self.tracks: dict[TrackKind, Track] = {}
-        # Set by a publisher that holds a connection (RTMP, WebRTC): called when the user is
-        # removed or the room dismissed, so the connection is closed too.
-        self.on_removed: Callable[[], None] | None = None
+CAMERA_KINDS = frozenset({TrackKind.MAIN, TrackKind.AUDIO})  # a camera connection: main video + audio
+SCREEN_KINDS = frozenset({TrackKind.AUX})  # a screen-share connection: the auxiliary video
+
+
+class Connection:
+    """One publisher's hold on some of a user's tracks: a WebRTC session, an RTMP stream, an ingest.
+
+    A user may hold several at once (camera and screen share, as TRTC's main and sub streams); a new
+    connection displaces only the connections that claim one of the same track kinds. The user stays
+    in the room while any of their connections does.
+    """
+
+    def __init__(self, participant: Participant, kinds: frozenset[TrackKind], on_removed: Callable[[], None] | None) -> None:
+        self.participant = participant
+        self.room = participant.room
+        self.user_id = participant.user_id
+        self.kinds = kinds
+        # Called (from any thread) when the connection is displaced, its user removed or the room
+        # dismissed, so that the publisher closes its network connection too.
+        self.on_removed = on_removed
+        self.closed = False
+
+    @property
+    def tracks(self) -> dict[TrackKind, Track]:
+        with self.room.lock:
+            return {k: t for k, t in self.participant.tracks.items() if k in self.kinds} if not self.closed else {}
+
+    @property
+    def present(self) -> bool:
+        """False once displaced, removed or left."""
+        return not self.closed
 
     def add_track(self, kind: TrackKind) -> Track:
+        if kind not in self.kinds:
+            raise ValueError(f"this connection does not publish {kind.value}")
         with self.room.lock:
-            old = self.tracks.get(kind)
-            track = Track(self, kind)
-            self.tracks[kind] = track
+            if self.closed:  # displaced meanwhile: a track nobody can subscribe to
+                track = Track(self.participant, kind)
+                track.close()
+                return track
+            old = self.participant.tracks.get(kind)
+            track = Track(self.participant, kind)
+            self.participant.tracks[kind] = track
             self.room.version += 1
         if old is not None:
             old.close()
@@ -165,10 +192,32 @@ class Participant:
 
     def remove_track(self, kind: TrackKind) -> None:
         with self.room.lock:
-            track = self.tracks.pop(kind, None)
+            track = self.participant.tracks.pop(kind, None) if kind in self.kinds and not self.closed else None
             self.room.version += 1
         if track is not None:
             track.close()
+
+    def leave(self) -> None:
+        self.room.disconnect(self)
+
+    def notify_removed(self) -> None:
+        if self.on_removed is not None:
+            try:
+                self.on_removed()
+            except Exception:
+                logger.exception("publisher disconnect failed", extra={"room": str(self.room.key), "user_id": self.user_id})
+
+
+class Participant:
+    """A user in a room: entry order, their published tracks (from all their connections)."""
+
+    def __init__(self, room: Room, user_id: str, seq: int) -> None:
+        self.room = room
+        self.user_id = user_id
+        self.seq = seq  # room-entry order
+        self.joined_at = time.monotonic()
+        self.tracks: dict[TrackKind, Track] = {}
+        self.connections: list[Connection] = []
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -197,47 +246,70 @@ class Room:
         self.blocked: set[str] = set()
         self.dismissed = False
 
-    def join(self, user_id: str) -> Participant:
-        """Enter the room; an existing participant with the same id is displaced (its tracks end)."""
+    def connect(self, user_id: str, kinds: frozenset[TrackKind] = CAMERA_KINDS,
+                on_removed: Callable[[], None] | None = None) -> Connection:
+        """Enter the room (or add a connection to a user already in it). Connections of the same
+        user that claim any of `kinds` are displaced: their tracks end and they are told to go."""
+        if not kinds:
+            raise ValueError("a connection publishes at least one track kind")
         with self.lock:
-            old = self._participants.pop(user_id, None)
-            p = Participant(self, user_id, next(self._seq))
-            self._participants[user_id] = p
+            p = self._participants.get(user_id)
+            if p is None:
+                p = self._participants[user_id] = Participant(self, user_id, next(self._seq))
+            displaced = [c for c in p.connections if c.kinds & kinds]
+            closing = [self._detach(c, keep_user=True) for c in displaced]
+            conn = Connection(p, kinds, on_removed)
+            p.connections.append(conn)
             self.version += 1
             self.dismissed = False
-        if old is not None:  # displaced by a newer connection of the same user
-            for t in list(old.tracks.values()):
+        for tracks in closing:
+            for t in tracks:
                 t.close()
-            if old.on_removed is not None:
-                try:
-                    old.on_removed()
-                except Exception:
-                    logger.exception("publisher disconnect failed", extra={"room": str(self.key), "user_id": user_id})
-        logger.info("user joined", extra={"room": str(self.key), "user_id": user_id})
-        return p
+        for c in displaced:  # displaced by a newer connection of the same user
+            c.notify_removed()
+        logger.info("user joined", extra={"room": str(self.key), "user_id": user_id,
+                                          "tracks": ",".join(sorted(k.value for k in kinds))})
+        return conn
 
-    def leave(self, participant: Participant) -> None:
+    def _detach(self, conn: Connection, *, keep_user: bool = False) -> list[Track]:
+        """Under the lock: drop `conn` and its tracks (returned, to be closed outside the lock);
+        the user leaves with their last connection, unless a new one is replacing it."""
+        conn.closed = True
+        p = conn.participant
+        if conn in p.connections:
+            p.connections.remove(conn)
+        tracks = [p.tracks.pop(k) for k in list(p.tracks) if k in conn.kinds]
+        if not p.connections and not keep_user and self._participants.get(p.user_id) is p:
+            del self._participants[p.user_id]
+            tracks += list(p.tracks.values())
+            p.tracks = {}
+        self.version += 1
+        return tracks
+
+    def disconnect(self, conn: Connection) -> None:
+        """A publisher went away (or ended): its tracks end; the user leaves with their last connection."""
         with self.lock:
-            if self._participants.get(participant.user_id) is participant:
-                del self._participants[participant.user_id]
-                self.version += 1
-            tracks = list(participant.tracks.values())
-            participant.tracks = {}
+            if conn.closed:
+                return
+            tracks = self._detach(conn)
+            gone = conn.participant.user_id not in self._participants
         for t in tracks:
             t.close()
-        logger.info("user left", extra={"room": str(self.key), "user_id": participant.user_id})
+        logger.info("user left" if gone else "connection left", extra={"room": str(self.key), "user_id": conn.user_id})
 
     def remove(self, user_id: str) -> bool:
-        """Kick a user: their tracks end and their publisher is told to disconnect."""
-        participant = self.participant(user_id)
-        if participant is None:
-            return False
-        self.leave(participant)
-        if participant.on_removed is not None:
-            try:
-                participant.on_removed()
-            except Exception:
-                logger.exception("publisher disconnect failed", extra={"room": str(self.key), "user_id": user_id})
+        """Kick a user: every connection's tracks end and each publisher is told to disconnect."""
+        with self.lock:
+            p = self._participants.get(user_id)
+            if p is None:
+                return False
+            conns = list(p.connections)
+            tracks = [t for c in conns for t in self._detach(c)]
+        for t in tracks:
+            t.close()
+        for c in conns:
+            c.notify_removed()
+        logger.info("user removed", extra={"room": str(self.key), "user_id": user_id})
         return True
 
     def set_blocked(self, user_id: str, blocked: bool) -> None:

@@ -54,7 +54,7 @@ from cloudrec.core.h264 import BitReader, avcc_sps, parse_sps
 from cloudrec.core.media import MediaUnit, StreamInfo
 from cloudrec.core.rooms import RoomKey
 from cloudrec.core.spec import TrackKind
-from cloudrec.rooms.registry import Participant, Room, RoomRegistry, Track
+from cloudrec.rooms.registry import CAMERA_KINDS, SCREEN_KINDS, Connection, Room, RoomRegistry, Track
 
 logger = logging.getLogger(__name__)
 
@@ -496,12 +496,12 @@ def parse_audio_specific_config(asc: bytes) -> AacConfig:
 
 
 class _Publisher:
-    """One admitted publish: a participant in a room, its tracks and its single time offset."""
+    """One admitted publish: a connection to a room, its tracks and its single time offset."""
 
-    def __init__(self, room: Room, participant: Participant, grant: PublishGrant, *, remote: str,
+    def __init__(self, room: Room, connection: Connection, grant: PublishGrant, *, remote: str,
                  clock: Callable[[], float]) -> None:
         self.room = room
-        self.participant = participant
+        self.connection = connection
         self.user_id = grant.user_id
         self.video_kind = grant.track if grant.track.is_video else TrackKind.MAIN
         self.remote = remote
@@ -532,7 +532,7 @@ class _Publisher:
 
     # -- media ---------------------------------------------------------------------------------
     def present(self) -> bool:
-        return self.room.participant(self.user_id) is self.participant
+        return self.connection.present
 
     def _check_present(self) -> None:
         if not self.present():
@@ -544,6 +544,9 @@ class _Publisher:
             logger.info("rtmp media ignored", extra={"remote": self.remote, "user_id": self.user_id, "what": what, **fields})
 
     def _configure(self, kind: TrackKind, info: StreamInfo) -> None:
+        if kind not in self.connection.kinds:  # audio of a screen-share (aux) publish
+            self._ignore(f"{kind.value} of a {self.video_kind.value} stream")
+            return
         old = self._infos.get(kind)
         if old is not None and old.extradata == info.extradata:
             return  # the same record again: keep the object (recorders compare identity)
@@ -552,10 +555,13 @@ class _Publisher:
             "remote": self.remote, "user_id": self.user_id, "track": kind.value, "codec": info.codec,
             "width": info.width, "height": info.height, "sample_rate": info.sample_rate, "channels": info.channels})
         if kind not in self._tracks:
-            self._tracks[kind] = self.participant.add_track(kind)
+            self._tracks[kind] = self.connection.add_track(kind)
 
     def _publish(self, kind: TrackKind, unit: MediaUnit) -> None:
-        self._tracks[kind].publish(unit)
+        track = self._tracks.get(kind)
+        if track is None:
+            return
+        track.publish(unit)
         self.units += 1
 
     def video(self, ts32: int, payload: bytes) -> None:
@@ -640,8 +646,8 @@ class _Publisher:
 
     def close(self) -> None:
         if self.present():
-            self.room.leave(self.participant)
-        else:  # displaced or removed: the room is already done with this participant
+            self.connection.leave()
+        else:  # displaced or removed: the room is already done with this connection
             for track in self._tracks.values():
                 track.close()
 
@@ -962,9 +968,9 @@ class _Connection:
             await self._status("error", "NetStream.Publish.BadName", "Publish refused.", stream_id)
             raise _ConnectionEnd("publish refused")
         room = self.server.registry.room(grant.room)
-        participant = room.join(grant.user_id)
-        participant.on_removed = self._on_removed
-        self.publisher = _Publisher(room, participant, grant, remote=self.remote, clock=self.server.clock)
+        kinds = SCREEN_KINDS if grant.track is TrackKind.AUX else CAMERA_KINDS
+        connection = room.connect(grant.user_id, kinds, on_removed=self._on_removed)
+        self.publisher = _Publisher(room, connection, grant, remote=self.remote, clock=self.server.clock)
         counters.publishers += 1
         counters.published += 1
         self._deadline = self._loop.time() + self.server.idle_timeout

@@ -77,13 +77,14 @@ from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket, RtcpSrPacket, RtpPacket
 from aiortc.sdp import SessionDescription, parse_h264_profile_level_id
 
+from cloudrec.core.h264 import avcc_config, avcc_to_annexb
 from cloudrec.core.media import MediaUnit, StreamInfo
 from cloudrec.core.rooms import RoomKey
 from cloudrec.core.spec import TrackKind
 from cloudrec.errors import InvalidRequest, NotFound
 from cloudrec.media.decode import Decoder
 from cloudrec.rooms.h264rtp import H264Depacketizer, sps_dimensions
-from cloudrec.rooms.registry import Participant, RoomRegistry, Track, TrackSubscriber
+from cloudrec.rooms.registry import CAMERA_KINDS, SCREEN_KINDS, Connection, RoomRegistry, Track, TrackSubscriber
 
 logger = logging.getLogger(__name__)
 
@@ -489,6 +490,9 @@ class RoomTrack(MediaStreamTrack):
         self._base: dict[str, int] = {}
         self._need_key = kind == "video"
         self._decoder: Decoder | None = None
+        self._forward = True
+        self._avcc_info: StreamInfo | None = None  # the unit parameters `_avcc` was read from
+        self._avcc: tuple[int, list[bytes]] = (4, [])
         self.forwarded = 0
         self.transcoded = 0
 
@@ -512,13 +516,41 @@ class RoomTrack(MediaStreamTrack):
                 await self._take(unit)
         return self._ready.popleft()
 
+    def _forwardable(self, unit: MediaUnit) -> bytes | None:
+        """The unit's bytes as the WebRTC packetizer takes them, or None to transcode. H.264 from
+        RTMP or a pulled file is length-prefixed (avcC): rewritten to Annex-B with the parameter
+        sets before each keyframe. Reordered pictures (B-frames) are not sent as they are:
+        browsers' WebRTC decoders do not reorder, so such a source is transcoded from then on."""
+        if not self._forward or self.codec is None or unit.info.codec != self.codec:
+            return None
+        # The avcC record says the units are length-prefixed (their first bytes can look like a
+        # start code: a 256–511-byte NAL unit's length is 00 00 01 xx).
+        if self.codec != "h264" or not (unit.info.extradata or b"").startswith(b"\x01"):
+            return unit.data
+        if unit.pts != unit.dts:
+            self._forward = False
+            logger.info("webrtc viewer: source has B-frames; transcoding")
+            return None
+        try:
+            if unit.info is not self._avcc_info:
+                self._avcc = avcc_config(unit.info.extradata or b"")
+                self._avcc_info = unit.info
+            length_size, sets = self._avcc
+            return avcc_to_annexb(unit.data, length_size, sets if unit.key else ())
+        except ValueError:
+            return b""  # malformed: dropped (and the next keyframe awaited)
+
     async def _take(self, unit: MediaUnit) -> None:
-        if self.codec is not None and unit.info.codec == self.codec:
+        data = self._forwardable(unit)
+        if data is not None:
             if self._need_key:
-                if not unit.key:
+                if not unit.key or not data:
                     return
                 self._need_key = False
-            packet = av.Packet(unit.data)
+            if not data:
+                self._need_key = True
+                return
+            packet = av.Packet(data)
             packet.pts = packet.dts = self._rebase(unit.pts, unit.info.time_base)
             packet.time_base = unit.info.time_base
             self._ready.append(packet)
@@ -572,7 +604,7 @@ class _PublishSession(_Base):
         self.clock = _PublisherClock()
         self.last_media = time.monotonic()
         self.inbound: list[_InboundTrack] = []
-        self.participant: Participant | None = None
+        self.connection: Connection | None = None
         self.video_codec: str | None = None
 
     def request_keyframe(self) -> None:
@@ -642,7 +674,7 @@ class WebRtcGateway:
         self.ice_servers = tuple(ice_servers)
         self.media_timeout = media_timeout
         self._sessions: dict[str, _PublishSession | _PlaySession] = {}
-        self._publishers: dict[tuple[RoomKey, str], _PublishSession] = {}
+        self._publishers: dict[tuple[RoomKey, str, TrackKind], _PublishSession] = {}
 
     @property
     def sessions(self) -> int:
@@ -719,7 +751,9 @@ class WebRtcGateway:
                 else:
                     opus = any(c.name.lower() == "opus" for c in media.rtp.codecs)
                     transceiver.setCodecPreferences(_capabilities("audio", ["opus"] if opus else ["pcmu", "pcma"]))
-                    if not audio_taken:
+                    # A screen share (aux) carries no audio of its own, as TRTC's sub stream: the
+                    # user's audio comes from their camera connection, which an aux one must not displace.
+                    if not audio_taken and track is not TrackKind.AUX:
                         kind, audio_taken = TrackKind.AUDIO, True
                 pending.append((transceiver, kind))
             await self._remote(pc, offer_sdp)
@@ -741,16 +775,20 @@ class WebRtcGateway:
             session.inbound.append(inbound)
             _install_receiver_tap(transceiver.receiver, _ReceiverTap(inbound.on_packet), inbound.on_sender_report)
         # join and declare the tracks now, so recorders can subscribe before the first keyframe
-        participant = self.registry.room(room).join(user_id)
-        session.participant = participant
+        loop = asyncio.get_running_loop()
+
+        def removed() -> None:  # displaced, removed from the room or the room dismissed: hang up
+            with contextlib.suppress(RuntimeError):  # the loop is already gone
+                loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._close(session, "left the room")))
+
+        kinds = SCREEN_KINDS if track is TrackKind.AUX else CAMERA_KINDS
+        connection = self.registry.room(room).connect(user_id, kinds, on_removed=removed)
+        session.connection = connection
         for inbound in session.inbound:
-            if inbound.codecs:
-                inbound.track = participant.add_track(inbound.kind)
-        old = self._publishers.get((room, user_id))
-        if old is not None:
-            await self._close(old, None)  # the same user published again: the new session displaces it
+            if inbound.codecs and inbound.kind in kinds:
+                inbound.track = connection.add_track(inbound.kind)
         self._sessions[session.id] = session
-        self._publishers[(room, user_id)] = session
+        self._publishers[(room, user_id, track)] = session
         pc.on("connectionstatechange", lambda: self._on_state(session))
         session.monitor = asyncio.ensure_future(self._watch_publisher(session))
         logger.info("webrtc publisher joined", extra={"room": str(room), "user_id": user_id, "session": session.id,
@@ -782,8 +820,9 @@ class WebRtcGateway:
         audio = participant.tracks.get(TrackKind.AUDIO)
         if video is None and audio is None:
             raise NotFound("the user publishes nothing to play", field="streamtype")
-        publisher = self._publishers.get((room, user_id))
-        video_codec = publisher.video_codec if publisher is not None and publisher.participant is participant else None
+        publisher = self._publishers.get((room, user_id, track))
+        current = publisher is not None and publisher.connection is not None and publisher.connection.present
+        video_codec = publisher.video_codec if publisher is not None and current else None
 
         def keyframe() -> None:
             if publisher is not None and not publisher.closed:
@@ -869,12 +908,12 @@ class WebRtcGateway:
         if session.monitor is not None and session.monitor is not current:
             session.monitor.cancel()
         if isinstance(session, _PublishSession):
-            if self._publishers.get((session.room, session.user_id)) is session:
-                del self._publishers[(session.room, session.user_id)]
+            if self._publishers.get((session.room, session.user_id, session.track_kind)) is session:
+                del self._publishers[(session.room, session.user_id, session.track_kind)]
             for inbound in session.inbound:
                 inbound.flush()
-            if session.participant is not None:
-                session.participant.room.leave(session.participant)
+            if session.connection is not None:
+                session.connection.leave()
         else:
             for rt in session.tracks:
                 rt.stop()
