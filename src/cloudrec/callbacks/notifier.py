@@ -146,6 +146,7 @@ class Notifier:
             if receiver is None or not receiver.url or fmt is None:
                 why = "no callback_url for the app" if fmt is not None else f"no callback format for {ev.dialect!r}"
                 await self.outbox.event_final(ev.id, "skipped", error=why)
+                self._wake.set()  # the task's next event is a head now: look again at once
                 continue
             if self._busy.get(receiver.url, 0) >= self.config.max_in_flight:
                 continue
