@@ -157,3 +157,40 @@ def test_idempotency_key_is_stable_per_event() -> None:
     r2 = TrtcCallbacks().format(a, key="k", sent_ms=2)
     assert r1 is not None and r2 is not None and r1.body != r2.body
     assert json.loads(r1.body)["EventInfo"] == json.loads(r2.body)["EventInfo"]
+
+
+def test_callback_settings_as_documented() -> None:
+    import tomllib
+    from pathlib import Path
+
+    from cloudrec.errors import InvalidRequest
+    from cloudrec.settings import CallbackSettings, parse_settings
+
+    raw = tomllib.loads("""
+[callbacks]
+retry_seconds = 3600
+timeout_seconds = 3
+max_in_flight = 2
+backoff_initial_seconds = 0.5
+backoff_max_seconds = 60
+poll_seconds = 1
+
+[vod]
+playback_base_url = "https://media.example/vod"
+
+[[apps]]
+id = 1400000001
+key = "k"
+callback_url = "http://127.0.0.1:9000/cb"
+callback_key = "abc123"
+""")
+    s = parse_settings(raw, Path("."))
+    assert s.callbacks == CallbackSettings(retry_seconds=3600, timeout_seconds=3, max_in_flight=2,
+                                           backoff_initial_seconds=0.5, backoff_max_seconds=60, poll_seconds=1)
+    assert s.vod_playback_base_url == "https://media.example/vod"
+    app = s.app(1400000001)
+    assert app is not None and app.callback_url == "http://127.0.0.1:9000/cb" and app.callback_key == "abc123"
+    assert "abc123" not in repr(app)
+    assert parse_settings({}, Path(".")).callbacks.retry_seconds == 24 * 3600
+    with pytest.raises(InvalidRequest):
+        parse_settings({"callbacks": {"timeout_seconds": 0}}, Path("."))
