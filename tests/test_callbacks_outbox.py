@@ -151,3 +151,26 @@ async def test_upgrade_from_v1_skips_old_events_and_delivers_new(tmp_path: Path)
     await store.stop()
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT max(version) FROM schema_version").fetchone() == (2,)
+
+
+async def test_stopping_mid_request_gives_the_event_back(tmp_path: Path) -> None:
+    hung = Receiver()
+    hung.mode = "hang"
+    hung.up()
+    store = SqlTaskStore(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
+    await store.start()
+    try:
+        await store.create_task(task("t"))
+        await store.add_events("t", [ev.recorder_started(int(time.time() * 1000))])
+        notifier = Notifier(store, {"trtc": TrtcCallbacks()}, lambda _app: Target(url=hung.url, key=""), FAST)
+        await notifier.start()
+        await until(lambda: len(hung.got) == 1, 5)
+        assert await store.due_events(int(time.time() * 1000), limit=10) == []  # claimed: nobody else sends it
+        await notifier.stop(drain_seconds=0)
+        # Not received for sure, so pending again and due at once (not after the lease) for the next start.
+        due = await store.due_events(int(time.time() * 1000), limit=10)
+        assert [d.event.kind for d in due] == [ev.EventKind.RECORDER_STARTED]
+        assert await store.event_counts() == {"pending": 1}
+    finally:
+        hung.close()
+        await store.stop()

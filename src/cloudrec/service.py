@@ -41,7 +41,8 @@ class Service:
         self.registry = RoomRegistry()
         self.metrics = Metrics()
         self.metrics.declare("cloudrec_bytes_written_total", "counter", "bytes of finished segments and files")
-        self.metrics.declare("cloudrec_files_written_total", "counter", "finished segments and files")
+        self.metrics.declare("cloudrec_files_written_total", "counter", "finished segments and files",
+                             {"kind": "segment"}, {"kind": "file"})
         self.metrics.declare("cloudrec_dropped_units_total", "counter", "media units recording pipelines dropped")
         self.worker = Worker(
             self.store, self.registry,

@@ -86,7 +86,8 @@ class Notifier:
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
         if metrics is not None:
-            metrics.declare("cloudrec_callback_attempts_total", "counter", "callback requests sent by this process")
+            metrics.declare("cloudrec_callback_attempts_total", "counter", "callback requests sent by this process",
+                            {"outcome": "delivered"}, {"outcome": "failed"})
             metrics.declare("cloudrec_callback_dead_total", "counter", "events this process gave up on")
 
     def wake(self) -> None:
@@ -118,6 +119,10 @@ class Notifier:
         for task in list(self._inflight.values()):
             task.cancel()
         await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+        try:
+            await self.outbox.release_claims(self.owner)  # resend them at the next start, not after the lease
+        except Exception:
+            logger.exception("notifier could not release its claims")
         if self._client is not None:
             await self._client.aclose()
             self._client = None

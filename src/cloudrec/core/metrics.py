@@ -27,19 +27,17 @@ class Metrics:
         self._lock = threading.Lock()
         self._families: dict[str, Family] = {}
 
-    def declare(self, name: str, type_: str, help_: str) -> None:
-        """Make a family appear (at 0 when unlabelled) before anything was counted."""
+    def declare(self, name: str, type_: str, help_: str, *label_sets: Mapping[str, str]) -> None:
+        """Make a family and its known series appear at 0 before anything was counted."""
         with self._lock:
             fam = self._families.setdefault(name, Family(name=name, type=type_, help=help_))
-            if not fam.samples:
-                fam.samples[()] = 0.0
+            for labels in label_sets or ({},):
+                fam.samples.setdefault(tuple(sorted(labels.items())), 0.0)
 
     def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
         with self._lock:
             fam = self._families.setdefault(name, Family(name=name, type="counter", help=name))
             key = tuple(sorted(labels.items()))
-            if key and () in fam.samples and fam.samples[()] == 0.0:
-                del fam.samples[()]  # the declared placeholder gives way to labelled samples
             fam.samples[key] = fam.samples.get(key, 0.0) + amount
 
     def families(self) -> list[Family]:

@@ -297,6 +297,13 @@ class SqlTaskStore:
                     state=state, last_error=error[:1000], claimed_by=None, claimed_until_ms=None)
             )
 
+    async def release_claims(self, owner: str) -> None:
+        e = tables.events
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                e.update().where(e.c.claimed_by == owner, e.c.state == "pending").values(claimed_by=None, claimed_until_ms=None)
+            )
+
     async def event_counts(self) -> dict[str, int]:
         e = tables.events
         async with self.engine.connect() as conn:
