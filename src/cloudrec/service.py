@@ -10,12 +10,17 @@ import uvicorn
 
 from cloudrec.api.app import create_app
 from cloudrec.api.whip import STREAM_TYPES, InvalidToken, WebRtcGrant, WebRtcRequest, webrtc_routes
+from cloudrec.callbacks.notifier import Notifier, NotifierConfig, Receiver
 from cloudrec.control.apps import AppInfo
 from cloudrec.control.limits import RateLimiter
+from cloudrec.control.metrics import MetricsReport
+from cloudrec.core.metrics import Metrics
 from cloudrec.control.rooms import RoomControl
 from cloudrec.control.tasks import TaskControl
+from cloudrec.dialects.tencent.callbacks import TrtcCallbacks
 from cloudrec.dialects.tencent.gateway import TencentGateway
 from cloudrec.dialects.tencent.publish import PublishDenied, PublisherAuth
+from cloudrec.dialects.tencent.trtc import DIALECT as TRTC_DIALECT
 from cloudrec.dialects.tencent.trtc import TrtcActions
 from cloudrec.dialects.tencent.usersig import make_usersig
 from cloudrec.rooms.registry import RoomRegistry
@@ -34,10 +39,24 @@ class Service:
         self.settings = settings
         self.store = SqlTaskStore(settings.db_url)
         self.registry = RoomRegistry()
+        self.metrics = Metrics()
+        self.metrics.declare("cloudrec_bytes_written_total", "counter", "bytes of finished segments and files")
+        self.metrics.declare("cloudrec_files_written_total", "counter", "finished segments and files",
+                             {"kind": "segment"}, {"kind": "file"})
+        self.metrics.declare("cloudrec_dropped_units_total", "counter", "media units recording pipelines dropped")
         self.worker = Worker(
             self.store, self.registry,
             SessionConfig(storage_dir=settings.storage_dir, latency_seconds=settings.latency_seconds,
-                          segment_seconds=settings.hls_segment_seconds),
+                          segment_seconds=settings.hls_segment_seconds,
+                          vod_playback_base_url=settings.vod_playback_base_url, metrics=self.metrics),
+        )
+        cb = settings.callbacks
+        self.notifier = Notifier(
+            self.store, {TRTC_DIALECT: TrtcCallbacks()}, self._receiver,
+            NotifierConfig(retry_seconds=cb.retry_seconds, timeout_seconds=cb.timeout_seconds,
+                           max_in_flight=cb.max_in_flight, backoff_initial_seconds=cb.backoff_initial_seconds,
+                           backoff_max_seconds=cb.backoff_max_seconds, poll_seconds=cb.poll_seconds),
+            metrics=self.metrics,
         )
         apps = {a.id: AppInfo(id=a.id, key=a.key, max_concurrent_tasks=a.max_concurrent_tasks,
                               require_private_map_key=a.require_private_map_key, rate_per_second=a.rate_per_second) for a in settings.apps}
@@ -63,6 +82,7 @@ class Service:
             tencent=gateway, ready=lambda: self.ready,
             extra_routes=webrtc_routes(self.webrtc, self._authorize_webrtc),
             dev_usersig=self._dev_usersig if settings.dev_usersig else None,
+            metrics=MetricsReport(self.store, self.metrics).text,
         )
         self._server: uvicorn.Server | None = None
 
@@ -94,6 +114,12 @@ class Service:
             return None
         return WebRtcGrant(room=admission.room, user_id=admission.user_id)
 
+    def _receiver(self, app_id: int) -> Receiver | None:
+        app = self.settings.app(app_id)
+        if app is None or not app.callback_url:
+            return None
+        return Receiver(url=app.callback_url, key=app.callback_key)
+
     def _dev_usersig(self, app_id: str, user_id: str) -> str | None:
         app = self.settings.app(int(app_id)) if app_id.isdigit() else None
         if app is None or not user_id or len(user_id) > 64:
@@ -105,6 +131,7 @@ class Service:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         await self.store.start()
         await self.worker.start()
+        await self.notifier.start()
         await self.rtmp.start()
         config = uvicorn.Config(self.app, host=self.settings.http_host, port=self.settings.http_port,
                                 log_config=None, access_log=False, lifespan="off")
@@ -125,6 +152,7 @@ class Service:
         await self.rtmp.stop()  # publishers leave first, so recordings see them go
         await self.webrtc.stop()
         await self.worker.stop()
+        await self.notifier.stop()  # a short drain: the tasks' last events (stop, files) go out now if they can
         self._server.should_exit = True
         await serving
         await self.store.stop()

@@ -28,6 +28,18 @@ class Credential:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CallbackSettings:
+    """[callbacks]: delivery of the event outbox to each app's callback_url."""
+
+    retry_seconds: float = 24 * 3600.0  # retry an event until it is this old, then mark it dead
+    timeout_seconds: float = 5.0
+    max_in_flight: int = 4  # per receiver URL
+    backoff_initial_seconds: float = 1.0
+    backoff_max_seconds: float = 300.0
+    poll_seconds: float = 0.5
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     http_host: str = "127.0.0.1"
     http_port: int = 8080
@@ -47,6 +59,8 @@ class Settings:
     dev_usersig: bool = False  # GET /dev/usersig hands out UserSigs to loopback clients (for /publish)
     apps: tuple[AppSettings, ...] = ()
     credentials: tuple[Credential, ...] = ()
+    callbacks: CallbackSettings = CallbackSettings()
+    vod_playback_base_url: str = ""  # [vod] playback_base_url: VOD callbacks' URLs are <this>/<TaskId>/<file>
 
     @property
     def storage_dir(self) -> Path:
@@ -71,6 +85,24 @@ def _listen(value: Any, name: str) -> tuple[str, int]:
         return host.strip("[]"), int(port)
     except ValueError as exc:
         raise InvalidRequest(f"[server] {name} has a bad port", field=name) from exc
+
+
+def _callbacks(raw: dict[str, Any]) -> CallbackSettings:
+    try:
+        c = CallbackSettings(
+            retry_seconds=float(raw.get("retry_seconds", 24 * 3600)),
+            timeout_seconds=float(raw.get("timeout_seconds", 5)),
+            max_in_flight=int(raw.get("max_in_flight", 4)),
+            backoff_initial_seconds=float(raw.get("backoff_initial_seconds", 1)),
+            backoff_max_seconds=float(raw.get("backoff_max_seconds", 300)),
+            poll_seconds=float(raw.get("poll_seconds", 0.5)),
+        )
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest("[callbacks] values must be numbers", field="callbacks") from exc
+    if min(c.retry_seconds, c.timeout_seconds, c.backoff_initial_seconds, c.backoff_max_seconds, c.poll_seconds) <= 0 \
+            or c.max_in_flight < 1:
+        raise InvalidRequest("[callbacks] values must be positive", field="callbacks")
+    return c
 
 
 def parse_settings(raw: dict[str, Any], base_dir: Path) -> Settings:
@@ -122,6 +154,8 @@ def parse_settings(raw: dict[str, Any], base_dir: Path) -> Settings:
         ice_servers=tuple(str(a) for a in raw.get("webrtc", {}).get("ice_servers", [])),
         apps=tuple(apps),
         credentials=tuple(creds),
+        callbacks=_callbacks(raw.get("callbacks", {})),
+        vod_playback_base_url=str(raw.get("vod", {}).get("playback_base_url", "")),
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
 
 from starlette.applications import Starlette
@@ -36,6 +36,7 @@ def create_app(
     ready: Callable[[], bool],
     extra_routes: Sequence[BaseRoute] = (),
     dev_usersig: Callable[[str, str], str | None] | None = None,
+    metrics: Callable[[], Awaitable[str]] | None = None,
 ) -> Starlette:
     async def vendor_api(request: Request) -> Response:
         headers = {k.lower(): v for k, v in request.headers.items()}
@@ -69,10 +70,17 @@ def create_app(
             return PlainTextResponse("unknown app or bad user", status_code=400)
         return JSONResponse({"UserSig": sig})
 
+    async def metrics_page(_: Request) -> Response:
+        if metrics is None:
+            return PlainTextResponse("metrics are not enabled", status_code=404)
+        # Prometheus text exposition format 0.0.4
+        return Response(await metrics(), headers={"content-type": "text/plain; version=0.0.4; charset=utf-8"})
+
     methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
     routes: list[BaseRoute] = [
         Route("/", vendor_api, methods=methods),
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics_page, methods=["GET"]),
         Route("/publish", publish_page, methods=["GET"]),
         Route("/dev/usersig", usersig, methods=["GET"]),
         *extra_routes,

@@ -22,8 +22,31 @@ def _v1_initial(conn: Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
+def _v2_event_delivery(conn: Connection) -> None:
+    """Delivery state for the callback outbox (the notifier). A fresh database got these columns
+    from `_v1_initial` already (it creates the current tables), so add only what is missing."""
+    present = {c["name"] for c in sa.inspect(conn).get_columns("events")}
+    added = {
+        "state": "VARCHAR(16) NOT NULL DEFAULT 'pending'",
+        "next_attempt_ms": "BIGINT NOT NULL DEFAULT 0",
+        "claimed_by": "VARCHAR(64)",
+        "claimed_until_ms": "BIGINT",
+        "last_error": "TEXT",
+    }
+    for name, ddl in added.items():
+        if name not in present:
+            conn.execute(sa.text(f"ALTER TABLE events ADD COLUMN {name} {ddl}"))
+    if "state" not in present:
+        # Rows written before anything delivered them are history, not news: sending days-old
+        # events on upgrade would surprise receivers. Keep them, marked skipped.
+        conn.execute(tables.events.update().values(state="skipped", last_error="written before callbacks were delivered"))
+    for index in tables.events.indexes:
+        index.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1_initial),
+    (2, _v2_event_delivery),
 ]
 
 

@@ -58,7 +58,15 @@ events = sa.Table(  # the callback outbox: written in the same transaction as th
     sa.Column("created_ms", sa.BigInteger, nullable=False),
     sa.Column("delivered_ms", sa.BigInteger),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    # Delivery state (migration 2): pending → delivered | dead | skipped. A claim is a lease, so a
+    # process that dies mid-request leaves the event to be sent again (at least once).
+    sa.Column("state", sa.String(16), nullable=False, default="pending", server_default="pending"),
+    sa.Column("next_attempt_ms", sa.BigInteger, nullable=False, default=0, server_default="0"),
+    sa.Column("claimed_by", sa.String(64)),
+    sa.Column("claimed_until_ms", sa.BigInteger),
+    sa.Column("last_error", sa.Text),
 )
+sa.Index("events_state_task", events.c.state, events.c.task_id, events.c.id)
 
 schema_version = sa.Table(
     "schema_version",

@@ -17,9 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cloudrec.core import events as ev
 from cloudrec.core import naming
+from cloudrec.core.events import Event, EventKind, StoredFile, UploadTracker
 from cloudrec.core.ingest import IngestSpec
 from cloudrec.core.media import FileEvent, PacketSink
+from cloudrec.core.metrics import Metrics
 from cloudrec.core.records import from_plain
 from cloudrec.core.spec import Container, MediaSelect, RecordingSpec, RecordMode, TrackKind
 from cloudrec.core.states import StopReason, TaskState
@@ -41,6 +44,12 @@ class SessionConfig:
     latency_seconds: float = 0.3
     segment_seconds: float = 4.0
     poll_seconds: float = 0.25
+    vod_playback_base_url: str = ""  # VOD callbacks give <this>/<TaskId>/<file> as the playback URL
+    metrics: Metrics | None = None
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 class _Thread:
@@ -149,12 +158,17 @@ class RecordingSession(Session):
         self.mix: _MixState | None = None
         self.state = task.state
         self.begin_ms = task.begin_ms
+        # Storage events (a CloudStorage destination: upload start/playlists/segments/finish; VOD: commits).
+        self.uploads = UploadTracker(vod=self.spec.storage.vendor == "vod", task_id=task.id,
+                                     playback_base_url=config.vod_playback_base_url)
+        self.pipelines: list[SinglePipeline | MixedPipeline] = []
+        self.dropped_reported = 0
 
     # --- main loop --------------------------------------------------------------------------
     async def run(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        if not await self._start_events():
+            return
         logger.info("recording started", extra={**self.log, "room": str(self.spec.room), "mode": self.spec.mode.name})
-        await self.store.add_event(self.task.id, self.spec.room.app_id, "recorder_start", {"status": 0})
         idle_since = time.monotonic()
         reason: StopReason | None = None
         try:
@@ -179,6 +193,7 @@ class RecordingSession(Session):
                     self._reconcile_single(wanted)
                 await self._drain_events()
                 await self._update_state(bool(wanted))
+                self._count_dropped()
                 await self._sleep()
         except Exception:
             logger.exception("recording session failed", extra=self.log)
@@ -209,9 +224,58 @@ class RecordingSession(Session):
             for s in self.mix.subs.values():
                 s.close()
         await self._drain_events()
-        await self.store.set_state(self.task.id, TaskState.ENDED, stop_reason=reason)
-        await self.store.add_event(self.task.id, self.spec.room.app_id, "recorder_stop", {"reason": int(reason)})
+        self._count_dropped()
+        # The recorder exited; the local backend has every file already, so the storage side ends now.
+        now = _now_ms()
+        final = [self._stored(f.name, f.kind, f.user_id, f.track_type, f.media, f.begin_ms, f.end_ms, True)
+                 for f in await self.store.list_files(self.task.id) if f.final]
+        events = [ev.recorder_stopped(now, reason), *self.uploads.finish(now, final)]
+        await self.store.set_state(self.task.id, TaskState.ENDED, stop_reason=reason, events=events)
         logger.info("recording ended", extra={**self.log, "reason": reason.name})
+
+    # --- events -----------------------------------------------------------------------------
+    async def _start_events(self) -> bool:
+        """Report the start (or a takeover of a task whose worker died); False if it cannot start."""
+        now = _now_ms()
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            logger.error("recording cannot start", extra={**self.log, "error": str(exc)})
+            await self.store.set_state(
+                self.task.id, TaskState.ENDED, stop_reason=StopReason.FAILED, error="storage directory unavailable",
+                events=[ev.recorder_started(now, ok=False, error="storage unavailable"),
+                        ev.recorder_stopped(now, StopReason.FAILED)])
+            return False
+        kinds = await self.store.event_kinds(self.task.id)
+        first: list[Event] = [ev.recorder_started(now)]
+        if EventKind.RECORDER_STARTED in kinds:
+            files = [self._stored(f.name, f.kind, f.user_id, f.track_type, f.media, f.begin_ms, f.end_ms, f.final)
+                     for f in await self.store.list_files(self.task.id)]
+            self.uploads.seen(kinds, files)
+            first = [ev.task_migrated(now)]
+            logger.info("recording taken over", extra=self.log)
+        await self.store.add_events(self.task.id, first + self.uploads.start(now))
+        return True
+
+    def _stored(self, name: str, kind: str, user_id: str, track_type: str, media: str, begin_ms: int,
+                end_ms: int | None, final: bool) -> StoredFile:
+        size = None
+        if final:
+            try:
+                size = (self.directory / name).stat().st_size
+            except OSError:
+                pass
+        return StoredFile(name=name, kind=kind, user_id=user_id, track_type=track_type, media=media, begin_ms=begin_ms,
+                          end_ms=end_ms, size=size)
+
+    def _count_dropped(self) -> None:
+        metrics = self.config.metrics
+        if metrics is None:
+            return
+        dropped = sum(p.dropped if isinstance(p, SinglePipeline) else p.stats.dropped for p in self.pipelines)
+        if dropped > self.dropped_reported:
+            metrics.inc("cloudrec_dropped_units_total", dropped - self.dropped_reported)
+            self.dropped_reported = dropped
 
     # --- what to record -----------------------------------------------------------------------
     def _wanted(self, snapshot: RoomSnapshot) -> dict[tuple[str, TrackKind], Track]:
@@ -244,16 +308,23 @@ class RecordingSession(Session):
 
     async def _drain_events(self) -> None:
         while not self.events.empty():
-            ev = self.events.get_nowait()
+            fe = self.events.get_nowait()
+            stored = self._stored(fe.name, fe.kind, fe.user_id, fe.track_type, fe.media, fe.begin_ms, fe.end_ms, fe.final)
+            # Local storage: a playlist is stored when first written, segments and files when final.
+            events = self.uploads.stored(stored, _now_ms()) if fe.final or fe.kind == "playlist" else []
             await self.store.put_file(
                 self.task.id,
-                FileRecord(name=ev.name, kind=ev.kind, track_type=ev.track_type, user_id=ev.user_id, media=ev.media,
-                           begin_ms=ev.begin_ms, end_ms=ev.end_ms, final=ev.final),
+                FileRecord(name=fe.name, kind=fe.kind, track_type=fe.track_type, user_id=fe.user_id, media=fe.media,
+                           begin_ms=fe.begin_ms, end_ms=fe.end_ms, final=fe.final),
+                events=events,
             )
             if self.begin_ms is None:
-                self.begin_ms = ev.begin_ms
-                await self.store.set_state(self.task.id, self.state, begin_ms=ev.begin_ms)
-            logger.info("file", extra={**self.log, "file": ev.name, "final": ev.final})
+                self.begin_ms = fe.begin_ms
+                await self.store.set_state(self.task.id, self.state, begin_ms=fe.begin_ms)
+            if fe.final and fe.kind != "playlist" and self.config.metrics is not None:
+                self.config.metrics.inc("cloudrec_files_written_total", kind=fe.kind)
+                self.config.metrics.inc("cloudrec_bytes_written_total", float(stored.size or 0))
+            logger.info("file", extra={**self.log, "file": fe.name, "final": fe.final})
 
     def _sinks(self, base: str, track_type: str | None, user_id: str, media: str, wall0_ms: int,
                has_video: bool, has_audio: bool) -> list[PacketSink]:
@@ -309,6 +380,7 @@ class RecordingSession(Session):
             layout=spec.layout, fill_type=spec.fill_type, sinks=sinks, t0=t0, latency=self.config.latency_seconds,
         )
         self.mix = _MixState(pipeline=pipeline, thread=_Thread(f"mix-{self.task.id[:8]}", pipeline.run, self.task.id))
+        self.pipelines.append(pipeline)
         logger.info("mix started", extra=self.log)
 
     # --- single-stream ----------------------------------------------------------------------
@@ -361,6 +433,7 @@ class RecordingSession(Session):
         pipeline = SinglePipeline(video=video_sub, audio=audio_sub, sinks_factory=factory,
                                   video_encoding=self.spec.video, audio_encoding=self.spec.audio)
         thread = _Thread(f"single-{user}-{media}-{track_type}", pipeline.run, self.task.id)
+        self.pipelines.append(pipeline)
         self.single[key] = _SingleGroup(user_id=user, media=media, track_type=track_type, tracks=dict(tracks),
                                         subs=subs, thread=thread, pipeline=pipeline)
         logger.info("single-stream recording started", extra={**self.log, "user_id": user, "media": media, "track": track_type})
