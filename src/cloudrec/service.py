@@ -23,6 +23,7 @@ from cloudrec.rooms.rtmp import PublishGrant, PublishRequest, RtmpServer
 from cloudrec.rooms.whip import WebRtcGateway
 from cloudrec.settings import Settings
 from cloudrec.store.sql import SqlTaskStore
+from cloudrec.worker.images import ImageFetcher, ImageLimits
 from cloudrec.worker.scheduler import Worker
 from cloudrec.worker.session import SessionConfig
 
@@ -34,10 +35,13 @@ class Service:
         self.settings = settings
         self.store = SqlTaskStore(settings.db_url)
         self.registry = RoomRegistry()
+        self.images = ImageFetcher(settings.data_dir / "image-cache",
+                                   ImageLimits(allow_private=settings.allow_private_image_urls))
         self.worker = Worker(
             self.store, self.registry,
             SessionConfig(storage_dir=settings.storage_dir, latency_seconds=settings.latency_seconds,
-                          segment_seconds=settings.hls_segment_seconds),
+                          segment_seconds=settings.hls_segment_seconds, images=self.images,
+                          font_path=settings.font_path),
         )
         apps = {a.id: AppInfo(id=a.id, key=a.key, max_concurrent_tasks=a.max_concurrent_tasks,
                               require_private_map_key=a.require_private_map_key, rate_per_second=a.rate_per_second) for a in settings.apps}
@@ -121,6 +125,7 @@ class Service:
         await self.rtmp.stop()  # publishers leave first, so recordings see them go
         await self.webrtc.stop()
         await self.worker.stop()
+        await self.images.aclose()
         self._server.should_exit = True
         await serving
         await self.store.stop()

@@ -40,6 +40,8 @@ class Settings:
     signature_window_seconds: int = 300
     latency_seconds: float = 0.3  # mixing jitter allowance (MEDIA.md §1)
     hls_segment_seconds: float = 4.0
+    allow_private_image_urls: bool = False  # layout pictures from loopback/private hosts (tests, closed networks)
+    font_path: Path | None = None  # TTF/OTF for text watermarks (CJK needs one); None = Pillow's built-in font
     worker_poll_seconds: float = 0.2
     log_level: str = "INFO"
     ice_host_addresses: tuple[str, ...] = ("127.0.0.1",)  # WebRTC host candidates we offer
@@ -82,6 +84,9 @@ def parse_settings(raw: dict[str, Any], base_dir: Path) -> Settings:
     data_dir = Path(server.get("data_dir", "data"))
     if not data_dir.is_absolute():
         data_dir = (base_dir / data_dir).resolve()
+    font_path = Path(media["font_path"]) if media.get("font_path") else None
+    if font_path is not None and not font_path.is_absolute():
+        font_path = (base_dir / font_path).resolve()
     apps = []
     for a in raw.get("apps", []):
         try:
@@ -116,6 +121,8 @@ def parse_settings(raw: dict[str, Any], base_dir: Path) -> Settings:
         signature_window_seconds=int(limits.get("signature_window_seconds", 300)),
         latency_seconds=float(media.get("latency_ms", 300)) / 1000.0,
         hls_segment_seconds=float(media.get("hls_segment_seconds", 4.0)),
+        allow_private_image_urls=bool(media.get("allow_private_image_urls", False)),
+        font_path=font_path,
         log_level=str(server.get("log_level", "INFO")),
         dev_usersig=bool(server.get("dev_usersig", False)),
         ice_host_addresses=tuple(str(a) for a in raw.get("webrtc", {}).get("host_addresses", ["127.0.0.1"])),
