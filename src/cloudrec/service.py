@@ -36,7 +36,8 @@ class Service:
         self.store = SqlTaskStore(settings.db_url)
         self.registry = RoomRegistry()
         self.images = ImageFetcher(settings.data_dir / "image-cache",
-                                   ImageLimits(allow_private=settings.allow_private_image_urls))
+                                   ImageLimits(allow_private=settings.allow_private_image_urls,
+                                               trusted_networks=settings.trusted_image_networks))
         self.worker = Worker(
             self.store, self.registry,
             SessionConfig(storage_dir=settings.storage_dir, latency_seconds=settings.latency_seconds,

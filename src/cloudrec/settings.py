@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ class Settings:
     latency_seconds: float = 0.3  # mixing jitter allowance (MEDIA.md §1)
     hls_segment_seconds: float = 4.0
     allow_private_image_urls: bool = False  # layout pictures from loopback/private hosts (tests, closed networks)
+    trusted_image_networks: tuple[str, ...] = ()  # CIDRs allowed for layout pictures even when the above is false
     font_path: Path | None = None  # TTF/OTF for text watermarks (CJK needs one); None = Pillow's built-in font
     worker_poll_seconds: float = 0.2
     log_level: str = "INFO"
@@ -73,6 +75,13 @@ def _listen(value: Any, name: str) -> tuple[str, int]:
         return host.strip("[]"), int(port)
     except ValueError as exc:
         raise InvalidRequest(f"[server] {name} has a bad port", field=name) from exc
+
+
+def _networks(value: Any) -> tuple[str, ...]:
+    try:
+        return tuple(str(ipaddress.ip_network(str(n), strict=False)) for n in value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest("[media] trusted_image_networks must be a list of CIDRs", field="trusted_image_networks") from exc
 
 
 def parse_settings(raw: dict[str, Any], base_dir: Path) -> Settings:
@@ -122,6 +131,7 @@ def parse_settings(raw: dict[str, Any], base_dir: Path) -> Settings:
         latency_seconds=float(media.get("latency_ms", 300)) / 1000.0,
         hls_segment_seconds=float(media.get("hls_segment_seconds", 4.0)),
         allow_private_image_urls=bool(media.get("allow_private_image_urls", False)),
+        trusted_image_networks=_networks(media.get("trusted_image_networks", [])),
         font_path=font_path,
         log_level=str(server.get("log_level", "INFO")),
         dev_usersig=bool(server.get("dev_usersig", False)),

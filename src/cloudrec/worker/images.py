@@ -46,6 +46,7 @@ class ImageLimits:
     timeout_seconds: float = 10.0
     max_redirects: int = 3
     allow_private: bool = False  # loopback/private/link-local hosts (tests, closed networks)
+    trusted_networks: tuple[str, ...] = ()  # CIDRs allowed even when allow_private is off (an intranet image host)
 
 
 class ImageError(Exception):
@@ -78,6 +79,7 @@ class ImageFetcher:
         self._memory: OrderedDict[str, Picture] = OrderedDict()
         self._failed: dict[str, tuple[float, str]] = {}  # url → (until monotonic, reason)
         self._inflight: dict[str, asyncio.Future[Picture]] = {}
+        self._trusted = [ipaddress.ip_network(n, strict=False) for n in limits.trusted_networks]
         self.downloads = 0  # network fetches made (cache misses), for tests and metrics
 
     async def aclose(self) -> None:
@@ -120,14 +122,17 @@ class ImageFetcher:
 
     async def _load(self, url: str) -> Picture:
         data = await asyncio.to_thread(self._read_disk, url)
+        fetched = data is None
         if data is None:
             data = await self.fetch(url)
-            await asyncio.to_thread(self._write_disk, url, data)
         try:
-            return await asyncio.to_thread(Picture.decode, data, max_side=self.limits.max_side,
-                                           max_pixels=self.limits.max_pixels)
+            picture = await asyncio.to_thread(Picture.decode, data, max_side=self.limits.max_side,
+                                              max_pixels=self.limits.max_pixels)
         except PictureError as exc:
             raise ImageError(str(exc)) from exc
+        if fetched:  # only pictures that decoded are kept
+            await asyncio.to_thread(self._write_disk, url, data)
+        return picture
 
     # -- network -------------------------------------------------------------------------------
 
@@ -197,8 +202,8 @@ class ImageFetcher:
             raise ImageError("host name does not resolve")
         if not self.limits.allow_private:
             for ip in addresses:
-                mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
-                if not (mapped or ip).is_global or ip.is_multicast:
+                plain = (ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None) or ip
+                if (not plain.is_global or plain.is_multicast) and not any(plain in net for net in self._trusted):
                     raise ImageError("address is not public (loopback, private, link-local or reserved)")
         return str(addresses[0])
 
