@@ -391,7 +391,8 @@ class MixedPipeline:
                 continue
             vt = self._video.get(key)
             frame = self._pick(vt, t) if vt is not None else None
-            if vt is not None and vt.held is not None and self._layout.placeholders and t - vt.held[0] >= self._placeholder_after:
+            stalled = vt is not None and vt.held is not None and t - vt.held[0] >= self._placeholder_after
+            if stalled and self._layout.placeholders:
                 frame = None  # stopped for good: the placeholder takes over from FillType
             frames[key] = frame
         # Sources not on screen still advance, so they do not pile up frames.

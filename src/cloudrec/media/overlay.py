@@ -26,6 +26,7 @@ TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
 TIMESTAMP_TEMPLATE = "8888-88-88 88:88:88"  # sizes the box (8 is about the widest digit)
 TIMESTAMP_HEIGHT_SHARE = 0.04  # timestamp font size when none is given: 4 % of the canvas height
 MIN_FONT_SIZE = 8
+TEXT_PAD = 2  # pixels between a text watermark's box edge and its text
 MARGIN_SHARE = 0.02  # timestamp distance from the canvas edges
 
 Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
@@ -147,7 +148,8 @@ class Overlays:
                 self._text[i] = None
             else:
                 x, y, w, h = rect
-                picture = text_picture(wm.text, self.fonts.get(wm.font_size), wm.font_color, wm.text_background, (w, h))
+                picture = text_picture(wm.text, self.fonts.get(wm.font_size), wm.font_color, wm.text_background, (w, h),
+                                       pad=TEXT_PAD)
                 self._text[i] = (x, y, picture.layer(w, h, RenderMode.STRETCH))
                 self.renders += 1
         return self._text[i]
