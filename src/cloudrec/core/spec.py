@@ -189,7 +189,7 @@ class Corner(IntEnum):
 class Watermark:
     """An image, a text or the wall-clock time drawn over the mix (in list order, last on top).
 
-    IMAGE uses `image` stretched to the rectangle; TEXT draws `text` in the rectangle; TIMESTAMP
+    IMAGE fits `image` into the rectangle (its RenderMode); TEXT draws `text` in the rectangle; TIMESTAMP
     draws "YYYY-MM-DD HH:MM:SS" of the frame's wall-clock time at `position` (the rectangle is
     ignored) in UTC+`tz_hours`.
     """

@@ -96,7 +96,13 @@ class ImageFetcher:
             raise ImageError(failed[1])
         running = self._inflight.get(url)
         if running is not None:  # the same URL for several tasks at once: one fetch
-            return await asyncio.shield(running)
+            try:
+                return await asyncio.shield(running)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                return await self.picture(url)  # the task that was fetching stopped: fetch for ourselves
         future: asyncio.Future[Picture] = asyncio.get_running_loop().create_future()
         self._inflight[url] = future
         try:
