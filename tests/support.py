@@ -86,6 +86,7 @@ data_dir = "data"
 
 [media]
 hls_segment_seconds = 2
+allow_private_image_urls = true  # layout pictures are served from 127.0.0.1 in tests
 
 [[apps]]
 id = {APP_ID}

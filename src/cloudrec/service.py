@@ -28,6 +28,7 @@ from cloudrec.rooms.rtmp import PublishGrant, PublishRequest, RtmpServer
 from cloudrec.rooms.whip import WebRtcGateway
 from cloudrec.settings import Settings
 from cloudrec.store.sql import SqlTaskStore
+from cloudrec.worker.images import ImageFetcher, ImageLimits
 from cloudrec.worker.scheduler import Worker
 from cloudrec.worker.session import SessionConfig
 
@@ -44,11 +45,15 @@ class Service:
         self.metrics.declare("cloudrec_files_written_total", "counter", "finished segments and files",
                              {"kind": "segment"}, {"kind": "file"})
         self.metrics.declare("cloudrec_dropped_units_total", "counter", "media units recording pipelines dropped")
+        self.images = ImageFetcher(settings.data_dir / "image-cache",
+                                   ImageLimits(allow_private=settings.allow_private_image_urls,
+                                               trusted_networks=settings.trusted_image_networks))
         self.worker = Worker(
             self.store, self.registry,
             SessionConfig(storage_dir=settings.storage_dir, latency_seconds=settings.latency_seconds,
                           segment_seconds=settings.hls_segment_seconds,
-                          vod_playback_base_url=settings.vod_playback_base_url, metrics=self.metrics),
+                          vod_playback_base_url=settings.vod_playback_base_url, metrics=self.metrics,
+                          images=self.images, font_path=settings.font_path),
         )
         cb = settings.callbacks
         self.notifier = Notifier(
@@ -153,6 +158,7 @@ class Service:
         await self.webrtc.stop()
         await self.worker.stop()
         await self.notifier.stop()  # a short drain: the tasks' last events (stop, files) go out now if they can
+        await self.images.aclose()
         self._server.should_exit = True
         await serving
         await self.store.stop()

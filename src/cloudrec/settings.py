@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,9 @@ class Settings:
     signature_window_seconds: int = 300
     latency_seconds: float = 0.3  # mixing jitter allowance (MEDIA.md §1)
     hls_segment_seconds: float = 4.0
+    allow_private_image_urls: bool = False  # layout pictures from loopback/private hosts (tests, closed networks)
+    trusted_image_networks: tuple[str, ...] = ()  # CIDRs allowed for layout pictures even when the above is false
+    font_path: Path | None = None  # TTF/OTF for text watermarks (CJK needs one); None = Pillow's built-in font
     worker_poll_seconds: float = 0.2
     log_level: str = "INFO"
     ice_host_addresses: tuple[str, ...] = ("127.0.0.1",)  # WebRTC host candidates we offer
@@ -103,6 +107,11 @@ def _callbacks(raw: dict[str, Any]) -> CallbackSettings:
             or c.max_in_flight < 1:
         raise InvalidRequest("[callbacks] values must be positive", field="callbacks")
     return c
+def _networks(value: Any) -> tuple[str, ...]:
+    try:
+        return tuple(str(ipaddress.ip_network(str(n), strict=False)) for n in value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest("[media] trusted_image_networks must be a list of CIDRs", field="trusted_image_networks") from exc
 
 
 def parse_settings(raw: dict[str, Any], base_dir: Path) -> Settings:
@@ -114,6 +123,9 @@ def parse_settings(raw: dict[str, Any], base_dir: Path) -> Settings:
     data_dir = Path(server.get("data_dir", "data"))
     if not data_dir.is_absolute():
         data_dir = (base_dir / data_dir).resolve()
+    font_path = Path(media["font_path"]) if media.get("font_path") else None
+    if font_path is not None and not font_path.is_absolute():
+        font_path = (base_dir / font_path).resolve()
     apps = []
     for a in raw.get("apps", []):
         try:
@@ -148,6 +160,9 @@ def parse_settings(raw: dict[str, Any], base_dir: Path) -> Settings:
         signature_window_seconds=int(limits.get("signature_window_seconds", 300)),
         latency_seconds=float(media.get("latency_ms", 300)) / 1000.0,
         hls_segment_seconds=float(media.get("hls_segment_seconds", 4.0)),
+        allow_private_image_urls=bool(media.get("allow_private_image_urls", False)),
+        trusted_image_networks=_networks(media.get("trusted_image_networks", [])),
+        font_path=font_path,
         log_level=str(server.get("log_level", "INFO")),
         dev_usersig=bool(server.get("dev_usersig", False)),
         ice_host_addresses=tuple(str(a) for a in raw.get("webrtc", {}).get("host_addresses", ["127.0.0.1"])),

@@ -6,9 +6,9 @@ Rectangles are snapped to even pixels because the compositor works on yuv420p pl
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from cloudrec.core.spec import Layout, LayoutMode, Pane, RenderMode, TrackKind
+from cloudrec.core.spec import RGB, Area, ImageRef, Layout, LayoutMode, RenderMode, TrackKind
 
 MAX_TILES = 25
 
@@ -32,6 +32,8 @@ class Placement:
     z: int = 0
     alpha: int = 0
     render: RenderMode = RenderMode.CROP
+    background: RGB | None = None  # painted behind the video (None: the canvas shows through)
+    placeholder: ImageRef | None = None  # drawn when the tile has no video (placeholders on only)
 
 
 def _even(v: float) -> int:
@@ -105,7 +107,14 @@ def screen_share_cells(count: int, width: int, height: int, big_right: bool = Fa
 def place(layout: Layout, width: int, height: int, participants: list[Participant]) -> list[Placement]:
     """Where each participant's video goes, in paint order (back to front)."""
     if layout.mode is LayoutMode.CUSTOM:
-        return _place_custom(layout.panes, participants)
+        return _place_custom(layout, width, height, participants)
+    out = _place_template(layout, width, height, participants)
+    if layout.placeholders and layout.default_placeholder is not None:
+        out = [replace(p, placeholder=layout.default_placeholder) for p in out]
+    return out
+
+
+def _place_template(layout: Layout, width: int, height: int, participants: list[Participant]) -> list[Placement]:
     shown = [p for p in participants if p.video or not layout.pure_audio_disable]
     order = [(p.user_id, TrackKind.MAIN if TrackKind.MAIN in p.video or not p.video else next(iter(p.video))) for p in shown]
     if layout.mode is LayoutMode.GRID:
@@ -131,16 +140,28 @@ def place(layout: Layout, width: int, height: int, participants: list[Participan
     return out
 
 
-def _place_custom(panes: tuple[Pane, ...], participants: list[Participant]) -> list[Placement]:
+def area_rect(area: Area, width: int, height: int) -> tuple[int, int, int, int]:
+    """A normalized rectangle in canvas pixels, clamped to the canvas (fractions outside 0–1 are cut)."""
+    x0, y0 = min(max(area.x, 0.0), 1.0), min(max(area.y, 0.0), 1.0)
+    x1, y1 = min(max(area.x + area.width, x0), 1.0), min(max(area.y + area.height, y0), 1.0)
+    return _rect(x0 * width, y0 * height, (x1 - x0) * width, (y1 - y0) * height)
+
+
+def _place_custom(layout: Layout, width: int, height: int, participants: list[Participant]) -> list[Placement]:
+    panes = layout.panes
     named = {p.user_id for p in panes if p.user_id}
     free = iter([p.user_id for p in participants if p.user_id not in named and p.video])
     # Unnamed panes take users in room-entry order, in the order the panes were listed.
     users = [pane.user_id or next(free, None) for pane in panes]
-    out = [
-        Placement(
-            x=_even(pane.x), y=_even(pane.y), width=max(2, _even(pane.width)), height=max(2, _even(pane.height)),
-            user_id=user, track=pane.track, z=pane.z, alpha=pane.alpha, render=pane.render,
-        )
-        for pane, user in zip(panes, users)
-    ]
+    out: list[Placement] = []
+    for pane, user in zip(panes, users):
+        if pane.area is not None:
+            x, y, w, h = area_rect(pane.area, width, height)
+        else:
+            x, y, w, h = _even(pane.x), _even(pane.y), max(2, _even(pane.width)), max(2, _even(pane.height))
+        placeholder = (pane.placeholder or layout.default_placeholder) if layout.placeholders else None
+        out.append(Placement(
+            x=x, y=y, width=w, height=h, user_id=user, track=pane.track, z=pane.z, alpha=pane.alpha,
+            render=pane.render, background=pane.background, placeholder=placeholder,
+        ))
     return sorted(out, key=lambda p: p.z)  # stable: equal z keeps list order

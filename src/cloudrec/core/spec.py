@@ -127,30 +127,107 @@ class AudioEncoding:
     codec: str = "aac"
 
 
+RGB = tuple[int, int, int]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImageRef:
+    """A picture fetched from a URL (jpg/png), fitted into its area with `render`."""
+
+    url: str
+    render: RenderMode = RenderMode.CROP
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Area:
+    """A rectangle in fractions of the canvas (0–1), for layouts given in normalized coordinates."""
+
+    x: float
+    y: float
+    width: float
+    height: float
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Pane:
-    """One tile of a mixed picture, in output pixels. `user_id` None = filled by entry order."""
+    """One tile of a mixed picture, in output pixels (or `area`, fractions of the canvas, which then
+    wins). `user_id` None = filled by entry order."""
 
-    x: int
-    y: int
-    width: int
-    height: int
+    x: int = 0
+    y: int = 0
+    width: int = 0
+    height: int = 0
+    area: Area | None = None
     user_id: str | None = None
     track: TrackKind = TrackKind.MAIN
     z: int = 0
     alpha: int = 0  # 0 opaque … 255 fully transparent
     render: RenderMode = RenderMode.CROP
+    background: RGB | None = None  # painted behind this tile's video; None = the canvas shows
+    placeholder: ImageRef | None = None  # shown when the tile has no video (see Layout.placeholders)
+
+
+class WatermarkKind(Enum):
+    IMAGE = "image"
+    TEXT = "text"
+    TIMESTAMP = "timestamp"
+
+
+class Corner(IntEnum):
+    """Where a timestamp watermark sits."""
+
+    TOP_LEFT = 0
+    TOP_RIGHT = 1
+    BOTTOM_LEFT = 2
+    BOTTOM_RIGHT = 3
+    TOP_CENTER = 4
+    BOTTOM_CENTER = 5
+    CENTER = 6
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Watermark:
+    """An image, a text or the wall-clock time drawn over the mix (in list order, last on top).
+
+    IMAGE fits `image` into the rectangle (its RenderMode); TEXT draws `text` in the rectangle; TIMESTAMP
+    draws "YYYY-MM-DD HH:MM:SS" of the frame's wall-clock time at `position` (the rectangle is
+    ignored) in UTC+`tz_hours`.
+    """
+
+    kind: WatermarkKind
+    x: int = 0
+    y: int = 0
+    width: int = 0
+    height: int = 0
+    image: ImageRef | None = None
+    text: str = ""
+    font_size: int = 14  # pixels; 0 = chosen from the canvas height (timestamps)
+    font_color: RGB = (255, 255, 255)
+    text_background: RGB | None = None  # None = transparent
+    position: Corner = Corner.TOP_LEFT
+    tz_hours: float = 8.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Layout:
     mode: LayoutMode = LayoutMode.GRID
     panes: tuple[Pane, ...] = ()  # CUSTOM only
-    background: tuple[int, int, int] = (0, 0, 0)  # RGB
+    background: RGB = (0, 0, 0)  # RGB
+    background_image: ImageRef | None = None  # over the colour, under the tiles
     render: RenderMode = RenderMode.CROP  # template layouts
     main_user_id: str | None = None  # FLOAT / SCREEN_SHARE big window
     main_track: TrackKind = TrackKind.MAIN
     pure_audio_disable: bool = False  # audio-only users get no tile
+    placeholders: bool = False  # tiles without video show their placeholder image
+    default_placeholder: ImageRef | None = None  # for tiles without their own placeholder
+    watermarks: tuple[Watermark, ...] = ()
+
+    def image_urls(self) -> tuple[str, ...]:
+        """Every picture this layout may draw, each once, in a stable order."""
+        refs = [self.background_image, self.default_placeholder if self.placeholders else None]
+        refs += [p.placeholder for p in self.panes if self.placeholders]
+        refs += [w.image for w in self.watermarks if w.kind is WatermarkKind.IMAGE]
+        return tuple(dict.fromkeys(r.url for r in refs if r is not None))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -14,89 +14,21 @@ from dataclasses import dataclass
 
 import av
 import numpy as np
-import numpy.typing as npt
 from av.video.reformatter import Interpolation, VideoReformatter
 
 from cloudrec.core.layout import Placement
-from cloudrec.core.spec import RenderMode, TrackKind
+from cloudrec.core.spec import ImageRef, Layout, RenderMode, TrackKind
+from cloudrec.media.overlay import Fonts, Overlays
+from cloudrec.media.picture import Picture, blend
+from cloudrec.media.planes import SMART_STRETCH_MAX_CROP, Fit, Plane, fit, plane_views, rgb_to_yuv
+
+__all__ = ["Compositor", "Fit", "Plane", "SMART_STRETCH_MAX_CROP", "fit", "plane_views", "rgb_to_yuv"]
 
 logger = logging.getLogger(__name__)
 
-SMART_STRETCH_MAX_CROP = 0.2  # RenderMode 3 crops at most this share of width or height
 SCALE_INTERPOLATION = Interpolation.BILINEAR
 
-Plane = npt.NDArray[np.uint8]
 FrameKey = tuple[str, TrackKind]
-
-
-def rgb_to_yuv(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
-    """RGB (0–255) → Y'CbCr, BT.601 limited range (Y 16–235, Cb/Cr 16–240)."""
-    r, g, b = (max(0, min(255, int(c))) for c in rgb)
-    y = 16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255
-    u = 128 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255
-    v = 128 + (112.0 * r - 93.786 * g - 18.214 * b) / 255
-    return round(y), round(u), round(v)
-
-
-def plane_views(frame: av.VideoFrame) -> tuple[Plane, Plane, Plane]:
-    """Numpy views (no copy) of a yuv420p frame's Y, U, V planes, padding cut off."""
-    out: list[Plane] = []
-    for i, plane in enumerate(frame.planes[:3]):
-        h = frame.height if i == 0 else (frame.height + 1) // 2
-        w = frame.width if i == 0 else (frame.width + 1) // 2
-        arr = np.frombuffer(memoryview(plane), dtype=np.uint8).reshape(-1, plane.line_size)
-        out.append(arr[:h, :w])
-    return out[0], out[1], out[2]
-
-
-def _even(v: float) -> int:
-    return max(0, int(round(v / 2.0)) * 2)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Fit:
-    """How a source lands in a tile: scale the whole source to `scaled_*`, then copy the window
-    (`src_x`, `src_y`, `width`, `height`) of it to (`dst_x`, `dst_y`) inside the tile. All even."""
-
-    scaled_width: int
-    scaled_height: int
-    src_x: int
-    src_y: int
-    dst_x: int
-    dst_y: int
-    width: int
-    height: int
-
-
-def fit(mode: RenderMode, src_w: int, src_h: int, tile_w: int, tile_h: int) -> Fit:
-    """Geometry of one RenderMode (0 stretch, 1 crop to fill, 2 letterbox, 3 smart stretch)."""
-    if src_w <= 0 or src_h <= 0:
-        src_w, src_h = tile_w, tile_h
-    src_aspect = src_w / src_h
-    tile_aspect = tile_w / tile_h
-    if mode is RenderMode.STRETCH:
-        return Fit(scaled_width=tile_w, scaled_height=tile_h, src_x=0, src_y=0, dst_x=0, dst_y=0, width=tile_w, height=tile_h)
-    if mode is RenderMode.LETTERBOX:
-        if src_aspect >= tile_aspect:
-            w, h = tile_w, min(tile_h, max(2, _even(tile_w / src_aspect)))
-        else:
-            w, h = min(tile_w, max(2, _even(tile_h * src_aspect))), tile_h
-        return Fit(scaled_width=w, scaled_height=h, src_x=0, src_y=0,
-                   dst_x=_even((tile_w - w) / 2), dst_y=_even((tile_h - h) / 2), width=w, height=h)
-    # CROP and SMART_STRETCH: keep a centred source window, scale it to the whole tile.
-    crop_w, crop_h = float(src_w), float(src_h)
-    if src_aspect > tile_aspect:  # source too wide: crop width
-        crop_w = src_h * tile_aspect
-        if mode is RenderMode.SMART_STRETCH:
-            crop_w = max(crop_w, src_w * (1 - SMART_STRETCH_MAX_CROP))
-    elif src_aspect < tile_aspect:  # source too tall: crop height
-        crop_h = src_w / tile_aspect
-        if mode is RenderMode.SMART_STRETCH:
-            crop_h = max(crop_h, src_h * (1 - SMART_STRETCH_MAX_CROP))
-    sw = max(tile_w, _even(tile_w * src_w / crop_w))
-    sh = max(tile_h, _even(tile_h * src_h / crop_h))
-    return Fit(scaled_width=sw, scaled_height=sh, src_x=_even((sw - tile_w) / 2), src_y=_even((sh - tile_h) / 2),
-               dst_x=0, dst_y=0, width=tile_w, height=tile_h)
 
 
 @dataclass(slots=True)
@@ -116,13 +48,17 @@ class _TileKey:
 
 
 class Compositor:
-    """Renders placements (back to front) onto a `width`×`height` yuv420p canvas.
+    """Renders, back to front, the background colour, the background image, the placements (video,
+    or a placeholder image when a tile has none) and the watermarks onto a `width`×`height`
+    yuv420p canvas.
 
     `render()` returns the same `av.VideoFrame` object each time, repainted: encode it (encoders
-    copy the picture) before the next `render()`.
+    copy the picture) before the next `render()`. Pictures arrive later than the layout (they are
+    fetched): until `set_images()` has one, its area shows what is behind it.
     """
 
-    def __init__(self, width: int, height: int, background_rgb: tuple[int, int, int] = (0, 0, 0)) -> None:
+    def __init__(self, width: int, height: int, background_rgb: tuple[int, int, int] = (0, 0, 0), *,
+                 fonts: Fonts | None = None) -> None:
         if width <= 0 or height <= 0 or width % 2 or height % 2:
             raise ValueError("canvas size must be positive and even")
         self.width = width
@@ -130,6 +66,13 @@ class Compositor:
         self._frame = av.VideoFrame(width, height, "yuv420p")
         self._y, self._u, self._v = plane_views(self._frame)
         self._bg = rgb_to_yuv(background_rgb)
+        self._bg_image: ImageRef | None = None
+        self._images: dict[str, Picture] = {}
+        # The static background (colour + image), rebuilt only when one of them changes.
+        self._base: tuple[Plane, Plane, Plane] | None = None
+        self._base_key: tuple[object, ...] | None = None
+        self._fonts = fonts if fonts is not None else Fonts()
+        self.overlays = Overlays((), width, height, self._fonts)
         self._cache: dict[_TileKey, _Scaled] = {}
         self._scalers: dict[_TileKey, VideoReformatter] = {}
         self.scaled = 0  # how many source frames were scaled (cache misses)
@@ -141,11 +84,40 @@ class Compositor:
     def set_background(self, rgb: tuple[int, int, int]) -> None:
         self._bg = rgb_to_yuv(rgb)
 
-    def render(self, placements: Sequence[Placement], frames: Mapping[FrameKey, av.VideoFrame | None]) -> av.VideoFrame:
-        y_bg, u_bg, v_bg = self._bg
-        self._y.fill(y_bg)
-        self._u.fill(u_bg)
-        self._v.fill(v_bg)
+    def set_scene(self, layout: Layout) -> None:
+        """Take the layout's background colour and image and its watermarks."""
+        self._bg = rgb_to_yuv(layout.background)
+        self._bg_image = layout.background_image
+        if layout.watermarks != self.overlays.watermarks:
+            self.overlays = Overlays(layout.watermarks, self.width, self.height, self._fonts)
+
+    def set_images(self, images: Mapping[str, Picture]) -> None:
+        """The pictures available now, by URL (decoded once, shared read-only)."""
+        self._images = dict(images)
+
+    def _canvas(self) -> tuple[Plane, Plane, Plane]:
+        return self._y, self._u, self._v
+
+    def _paint_base(self) -> None:
+        ref = self._bg_image
+        picture = self._images.get(ref.url) if ref is not None else None
+        if ref is None or picture is None:
+            self._base = None
+            for plane, value in zip(self._canvas(), self._bg):
+                plane.fill(value)
+            return
+        key = (self._bg, ref, picture)
+        if self._base is None or key != self._base_key:
+            base = (np.full_like(self._y, self._bg[0]), np.full_like(self._u, self._bg[1]), np.full_like(self._v, self._bg[2]))
+            blend(base, picture.layer(self.width, self.height, ref.render), 0, 0)
+            self._base, self._base_key = base, key
+        for plane, src in zip(self._canvas(), self._base):
+            np.copyto(plane, src)
+
+    def render(self, placements: Sequence[Placement], frames: Mapping[FrameKey, av.VideoFrame | None],
+               wall_time: float | None = None) -> av.VideoFrame:
+        """`wall_time`: the frame's wall-clock time (Unix seconds) for timestamp watermarks."""
+        self._paint_base()
         used: set[_TileKey] = set()
         for p in placements:
             x, y = p.x, p.y
@@ -157,8 +129,13 @@ class Compositor:
             h -= h % 2
             frame = frames.get((p.user_id, p.track)) if p.user_id is not None else None
             if frame is None or p.user_id is None:
-                self._paint_background(x, y, w, h, p.alpha)
+                self._paint_empty(x, y, w, h, p.alpha, p.background)
+                picture = self._images.get(p.placeholder.url) if p.placeholder is not None else None
+                if picture is not None and p.placeholder is not None:
+                    blend(self._canvas(), picture.layer(w, h, p.placeholder.render), x, y, 255 - p.alpha)
                 continue
+            if p.background is not None:
+                self._paint_empty(x, y, w, h, p.alpha, p.background)
             key = _TileKey(user_id=p.user_id, track=p.track, width=w, height=h, render=p.render)
             used.add(key)
             scaled = self._scaled(key, frame)
@@ -170,6 +147,8 @@ class Compositor:
         for stale in [k for k in self._cache if k not in used]:
             del self._cache[stale]
             self._scalers.pop(stale, None)
+        for x, y, layer in self.overlays.layers(self._images, wall_time):
+            blend(self._canvas(), layer, x, y)
         return self._frame
 
     def _scaled(self, key: _TileKey, frame: av.VideoFrame) -> _Scaled:
@@ -214,17 +193,24 @@ class Compositor:
         mixed //= 255
         region[...] = mixed.astype(np.uint8)
 
-    def _paint_background(self, x: int, y: int, w: int, h: int, alpha: int) -> None:
-        for plane, value, px, py, pw, ph in (
-            (self._y, self._bg[0], x, y, w, h),
-            (self._u, self._bg[1], x // 2, y // 2, w // 2, h // 2),
-            (self._v, self._bg[2], x // 2, y // 2, w // 2, h // 2),
-        ):
+    def _paint_empty(self, x: int, y: int, w: int, h: int, alpha: int, rgb: tuple[int, int, int] | None) -> None:
+        """A tile without video: its own colour, else the background (colour and image) shows."""
+        colour = rgb_to_yuv(rgb) if rgb is not None else None
+        for i, plane in enumerate(self._canvas()):
+            s = 1 if i == 0 else 2
+            px, py, pw, ph = x // s, y // s, w // s, h // s
             region = plane[py:py + ph, px:px + pw]
+            if colour is None and self._base is None:
+                value: int | Plane = self._bg[i]
+            elif colour is None:
+                assert self._base is not None
+                value = self._base[i][py:py + ph, px:px + pw]
+            else:
+                value = colour[i]
             if alpha == 0:
-                region.fill(value)
+                region[...] = value
             else:
                 mixed = region.astype(np.uint16) * alpha
-                mixed += value * (255 - alpha) + 127
+                mixed += np.asarray(value, dtype=np.uint16) * (255 - alpha) + 127
                 mixed //= 255
                 region[...] = mixed.astype(np.uint8)

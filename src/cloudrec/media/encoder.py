@@ -1,4 +1,4 @@
-"""Encoders for one output rendition: H.264 (libx264) video and AAC / MP3 audio.
+"""Encoders for one output rendition: H.264 (libx264) or H.265 (libx265) video and AAC / MP3 audio.
 
 Encode once, write the same `MediaUnit`s to every sink. Input frames carry pts in the encoder's time
 base, counted from the task zero (video: 1/fps by default; audio: 1/sample_rate); output units carry
@@ -25,7 +25,8 @@ logger = logging.getLogger(__name__)
 X264_PRESET = "veryfast"
 VBV_BUFFER_SECONDS = 2  # bufsize = bitrate × this; maxrate = bitrate
 
-_VIDEO_CODECS = {"h264": "libx264"}
+# VideoEncoding.codec → (FFmpeg encoder, codec name in StreamInfo / containers)
+_VIDEO_CODECS = {"h264": ("libx264", "h264"), "h265": ("libx265", "hevc")}
 _AUDIO_CODECS = {"aac": "aac", "mp3": "libmp3lame"}
 
 
@@ -58,9 +59,9 @@ class VideoEncoder:
     """
 
     def __init__(self, encoding: VideoEncoding, *, time_base: Fraction | None = None, threads: int = 0) -> None:
-        codec = _VIDEO_CODECS.get(encoding.codec)
-        if codec is None:
+        if encoding.codec not in _VIDEO_CODECS:
             raise EncoderError(f"unsupported video codec {encoding.codec!r}")
+        codec, stream_codec = _VIDEO_CODECS[encoding.codec]
         if encoding.width % 2 or encoding.height % 2 or encoding.width <= 0 or encoding.height <= 0:
             raise EncoderError("video size must be positive and even")
         self.encoding = encoding
@@ -73,21 +74,25 @@ class VideoEncoder:
         ctx.time_base = self.time_base
         ctx.framerate = Fraction(encoding.fps, 1)
         ctx.bit_rate = encoding.bitrate
-        ctx.gop_size = max(1, encoding.gop_seconds * encoding.fps)
+        gop = max(1, encoding.gop_seconds * encoding.fps)
+        ctx.gop_size = gop
         ctx.flags |= Flags.global_header
         ctx.thread_count = threads
-        ctx.options = {
+        options = {
             "preset": X264_PRESET,
-            "sc_threshold": "0",
             "maxrate": str(encoding.bitrate),
             "bufsize": str(encoding.bitrate * VBV_BUFFER_SECONDS),
-            "keyint_min": str(max(1, encoding.gop_seconds * encoding.fps)),
         }
+        if codec == "libx265":  # x265 takes GOP and scene-cut settings in its own parameter string
+            options["x265-params"] = f"scenecut=0:min-keyint={gop}:open-gop=0:log-level=error"
+        else:
+            options.update({"sc_threshold": "0", "keyint_min": str(gop)})
+        ctx.options = options
         ctx.open()
         self._ctx = ctx
         self._info = StreamInfo(
             kind=TrackKind.MAIN,
-            codec=encoding.codec,
+            codec=stream_codec,
             time_base=self.time_base,
             extradata=bytes(ctx.extradata) if ctx.extradata else None,
             width=encoding.width,

@@ -8,7 +8,14 @@ rendition is encoded once and the same units are written to every sink.
 
 `update()` may be called from any thread (the event loop, when the room or the subscription
 changes); the new participants, sources and layout take effect at the next tick, in the same files
-and on the same timeline.
+and on the same timeline. `set_image()` hands over a fetched picture the same way: the recording
+starts without its pictures and draws each from the tick after it arrives.
+
+Tiles without video: with `Layout.placeholders` off, a stalled source shows its last frame, then
+after `gap_seconds` the FillType (last frame or black) for as long as it stays subscribed. With
+placeholders on, the same happens until `placeholder_seconds` without a new frame; from then on —
+and at once for a tile with no user, an audio-only user or a user who stopped publishing — the
+tile shows its placeholder picture (or the background where it has none).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import av
 
@@ -30,6 +38,8 @@ from cloudrec.media.audiomix import AudioMixer
 from cloudrec.media.compositor import Compositor
 from cloudrec.media.decode import Decoder
 from cloudrec.media.encoder import AudioEncoder, VideoEncoder
+from cloudrec.media.overlay import Fonts
+from cloudrec.media.picture import Picture
 from cloudrec.media.timing import from_pts, samples_until, ticks_until, unit_task_time
 
 logger = logging.getLogger(__name__)
@@ -97,7 +107,12 @@ class MixedPipeline:
         latency: float = 0.3,
         clock: Callable[[], float] = time.monotonic,
         gap_seconds: float = 1.0,
+        placeholder_seconds: float = 3.0,
+        wall0: float | None = None,
+        font_path: Path | None = None,
     ) -> None:
+        """`wall0`: the Unix time of task time 0 (timestamp watermarks); `font_path`: a TTF/OTF
+        font for text watermarks (default: Pillow's built-in font, Latin only)."""
         if video is None and audio is None:
             raise ValueError("a mixed pipeline needs video, audio or both")
         self._video_enc = video
@@ -109,8 +124,13 @@ class MixedPipeline:
         self._latency = latency
         self._clock = clock
         self._gap = gap_seconds
+        self._placeholder_after = max(gap_seconds, placeholder_seconds)
+        self._wall0 = wall0
+        self._font_path = font_path
         self._lock = threading.Lock()
         self._pending: _Update | None = None
+        self._images: dict[str, Picture] = {}  # guarded by _lock; copied to the compositor
+        self._images_changed = False
         self.stats = MixStats()
         # Owned by the pipeline thread from here on.
         self._participants: list[Participant] = []
@@ -149,6 +169,12 @@ class MixedPipeline:
                 upd = _Update(participants=upd.participants, video=upd.video, audio=upd.audio, layout=self._pending.layout)
             self._pending = upd
 
+    def set_image(self, url: str, picture: Picture) -> None:
+        """A fetched picture for `url` (background, placeholder, watermark), from the next tick on."""
+        with self._lock:
+            self._images[url] = picture
+            self._images_changed = True
+
     # -- thread body ----------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
@@ -156,7 +182,9 @@ class MixedPipeline:
         aenc = AudioEncoder(self._audio_enc) if self._audio_enc is not None else None
         comp = None
         if self._video_enc is not None:
-            comp = Compositor(self._video_enc.width, self._video_enc.height, self._layout.background)
+            comp = Compositor(self._video_enc.width, self._video_enc.height, self._layout.background,
+                              fonts=Fonts(self._font_path))
+            comp.set_scene(self._layout)
         mixer = AudioMixer(self._audio_enc.sample_rate, self._audio_enc.channels) if self._audio_enc is not None else None
         streams: list[StreamInfo] = []
         if venc is not None:
@@ -230,12 +258,16 @@ class MixedPipeline:
     def _apply_update(self, comp: Compositor | None) -> None:
         with self._lock:
             upd, self._pending = self._pending, None
+            images = dict(self._images) if self._images_changed else None
+            self._images_changed = False
+        if images is not None and comp is not None:
+            comp.set_images(images)
         if upd is None:
             return
         if upd.layout is not None:
             self._layout = upd.layout
             if comp is not None:
-                comp.set_background(upd.layout.background)
+                comp.set_scene(upd.layout)
         self._participants = upd.participants
         video: dict[tuple[str, TrackKind], _VideoTrack] = {}
         for key, source in upd.video.items():
@@ -358,12 +390,17 @@ class MixedPipeline:
             if key in frames:
                 continue
             vt = self._video.get(key)
-            frames[key] = self._pick(vt, t) if vt is not None else None
+            frame = self._pick(vt, t) if vt is not None else None
+            stalled = vt is not None and vt.held is not None and t - vt.held[0] >= self._placeholder_after
+            if stalled and self._layout.placeholders:
+                frame = None  # stopped for good: the placeholder takes over from FillType
+            frames[key] = frame
         # Sources not on screen still advance, so they do not pile up frames.
         for key, vt in self._video.items():
             if key not in frames:
                 self._pick(vt, t)
-        picture = comp.render(self._placements, frames)
+        wall = self._wall0 + t if self._wall0 is not None else None
+        picture = comp.render(self._placements, frames, wall)
         picture.pts = tick
         self._video_done = t
         self._write_video(index, venc.encode(picture))

@@ -33,8 +33,8 @@ class Compatibility:
 
 
 COMPATIBILITY: dict[Container, Compatibility] = {
-    Container.HLS: Compatibility(video_codecs=frozenset({"h264"}), audio_codecs=frozenset({"aac", "mp3"})),
-    Container.MP4: Compatibility(video_codecs=frozenset({"h264"}), audio_codecs=frozenset({"aac", "mp3"})),
+    Container.HLS: Compatibility(video_codecs=frozenset({"h264", "hevc"}), audio_codecs=frozenset({"aac", "mp3"})),
+    Container.MP4: Compatibility(video_codecs=frozenset({"h264", "hevc"}), audio_codecs=frozenset({"aac", "mp3"})),
     Container.AAC: Compatibility(video_codecs=frozenset(), audio_codecs=frozenset({"aac"}), needs_audio=True),
     Container.MP3: Compatibility(video_codecs=frozenset(), audio_codecs=frozenset({"mp3"}), needs_audio=True),
 }

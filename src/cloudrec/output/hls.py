@@ -9,6 +9,8 @@ Timestamps are continuous across segments (pts as given, i.e. task time), as pla
 The mpegts muxer takes H.264 as Annex-B or AVCC (it inserts `h264_mp4toannexb` itself and then
 repeats SPS/PPS before every IDR) and AAC as ADTS or raw with an AudioSpecificConfig (it writes
 the ADTS headers itself); both were checked against FFmpeg 8 and are covered by the tests.
+H.265 from our encoder (Annex-B, parameter sets only in the extradata) works the same way: the
+muxer puts VPS/SPS/PPS before each IRAP, so every segment decodes on its own (tests/test_overlays.py).
 """
 
 from __future__ import annotations

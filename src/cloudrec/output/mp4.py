@@ -101,7 +101,7 @@ def complete_info(info: StreamInfo, unit: MediaUnit) -> StreamInfo:
 # ---------------------------------------------------------------------------------------------
 # Declaring streams and building packets (no codec is opened: stream copy only)
 
-_TEMPLATE_ENCODERS = {"h264": "libx264", "aac": "aac", "mp3": "libmp3lame", "opus": "libopus", "vp8": "libvpx"}
+_TEMPLATE_ENCODERS = {"h264": "libx264", "hevc": "libx265", "aac": "aac", "mp3": "libmp3lame", "opus": "libopus", "vp8": "libvpx"}
 
 
 def declare_stream(container: OutputContainer, info: StreamInfo) -> Stream:
@@ -122,6 +122,8 @@ def declare_stream(container: OutputContainer, info: StreamInfo) -> Stream:
         ctx.layout = info.layout or ("mono" if info.channels == 1 else "stereo")
     if info.extradata:
         ctx.extradata = info.extradata
+    if info.codec == "hevc" and container.format.name == "mp4":
+        ctx.codec_tag = "hvc1"  # what Apple players require (FFmpeg's default is hev1)
     if info.bit_rate:
         ctx.bit_rate = info.bit_rate
     stream.time_base = info.time_base

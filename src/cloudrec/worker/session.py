@@ -28,12 +28,14 @@ from cloudrec.core.spec import Container, MediaSelect, RecordingSpec, RecordMode
 from cloudrec.core.states import StopReason, TaskState
 from cloudrec.core.tasks import FileRecord, TaskRecord
 from cloudrec.media.mixed import MixedPipeline
+from cloudrec.media.picture import Picture
 from cloudrec.media.single import SinglePipeline
 from cloudrec.output.factory import SinkFactory, make_sinks
 from cloudrec.rooms.ingest import IngestEnd, IngestPublisher
 from cloudrec.rooms.registry import Room, RoomRegistry, RoomSnapshot, Track, TrackSubscriber
 from cloudrec.storage.local import task_directory
 from cloudrec.store.base import TaskStore
+from cloudrec.worker.images import ImageError, ImageFetcher, loggable_url
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +48,8 @@ class SessionConfig:
     poll_seconds: float = 0.25
     vod_playback_base_url: str = ""  # VOD callbacks give <this>/<TaskId>/<file> as the playback URL
     metrics: Metrics | None = None
+    images: ImageFetcher | None = None  # shared by all sessions (one cache); None: layouts draw no pictures
+    font_path: Path | None = None  # text watermarks
 
 
 def _now_ms() -> int:
@@ -163,6 +167,8 @@ class RecordingSession(Session):
                                      playback_base_url=config.vod_playback_base_url)
         self.pipelines: list[SinglePipeline | MixedPipeline] = []
         self.dropped_reported = 0
+        self.pictures: dict[str, Picture] = {}  # fetched layout pictures, by URL
+        self.picture_fetches: dict[str, asyncio.Task[None]] = {}
 
     # --- main loop --------------------------------------------------------------------------
     async def run(self) -> None:
@@ -171,6 +177,7 @@ class RecordingSession(Session):
         logger.info("recording started", extra={**self.log, "room": str(self.spec.room), "mode": self.spec.mode.name})
         idle_since = time.monotonic()
         reason: StopReason | None = None
+        self._fetch_pictures()
         try:
             while reason is None:
                 reason, changed = await self._poll_store()
@@ -179,6 +186,7 @@ class RecordingSession(Session):
                 if changed is not None:
                     self.spec = from_plain(RecordingSpec, json.loads(changed.spec))
                     logger.info("recording spec applied", extra={**self.log, "spec_version": self.spec_version})
+                    self._fetch_pictures()
                 snapshot = self.room.snapshot()
                 wanted = self._wanted(snapshot)
                 now = time.monotonic()
@@ -215,6 +223,8 @@ class RecordingSession(Session):
         self.state = TaskState.EXITING
         await self.store.set_state(self.task.id, TaskState.EXITING, stop_reason=reason)
         logger.info("recording stopping", extra={**self.log, "reason": reason.name})
+        for fetch in self.picture_fetches.values():
+            fetch.cancel()
         threads = [g.thread for g in self.single.values()] + self.retired + ([self.mix.thread] if self.mix else [])
         await asyncio.gather(*(t.finish() for t in threads))
         for g in self.single.values():
@@ -335,6 +345,27 @@ class RecordingSession(Session):
             segment_seconds=self.config.segment_seconds, extract_audio=True,  # "HLS+AAC": the AAC file takes the audio
         )
 
+    # --- mixed: layout pictures ---------------------------------------------------------------
+    def _fetch_pictures(self) -> None:
+        """Start fetching the layout's pictures; the mix starts without them and draws each on arrival."""
+        if self.config.images is None or self.spec.mode is not RecordMode.MIXED:
+            return
+        for url in self.spec.layout.image_urls():
+            running = self.picture_fetches.get(url)
+            if url not in self.pictures and (running is None or running.done()):  # failed ones retry on a change
+                self.picture_fetches[url] = asyncio.create_task(self._fetch_picture(self.config.images, url))
+
+    async def _fetch_picture(self, fetcher: ImageFetcher, url: str) -> None:
+        try:
+            picture = await fetcher.picture(url)
+        except ImageError as exc:
+            logger.warning("layout picture not used; its area shows the background",
+                           extra={**self.log, "url": loggable_url(url), "reason": str(exc)})
+            return
+        self.pictures[url] = picture
+        if self.mix is not None:
+            self.mix.pipeline.set_image(url, picture)
+
     # --- mixed ------------------------------------------------------------------------------
     def _reconcile_mix(self, snapshot: RoomSnapshot, wanted: dict[tuple[str, TrackKind], Track]) -> None:
         if self.mix is None:
@@ -378,7 +409,10 @@ class RecordingSession(Session):
             video=spec.video if video else None,
             audio=spec.audio if spec.stream_type.audio else None,
             layout=spec.layout, fill_type=spec.fill_type, sinks=sinks, t0=t0, latency=self.config.latency_seconds,
+            wall0=wall0_ms / 1000, font_path=self.config.font_path,
         )
+        for url, picture in self.pictures.items():
+            pipeline.set_image(url, picture)
         self.mix = _MixState(pipeline=pipeline, thread=_Thread(f"mix-{self.task.id[:8]}", pipeline.run, self.task.id))
         self.pipelines.append(pipeline)
         logger.info("mix started", extra=self.log)

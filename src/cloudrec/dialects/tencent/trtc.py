@@ -15,8 +15,9 @@ from cloudrec.control.tasks import TaskControl
 from cloudrec.core.ingest import IngestSpec
 from cloudrec.core.rooms import RoomIdType, RoomKey
 from cloudrec.core.spec import (
-    AudioEncoding, Container, FillType, Layout, LayoutMode, MediaSelect, Pane, RecordingSpec, RecordMode,
-    RenderMode, StorageTarget, StreamType, Subscription, TrackKind, UserFilter, VideoEncoding,
+    RGB, AudioEncoding, Container, Corner, FillType, ImageRef, Layout, LayoutMode, MediaSelect, Pane, RecordingSpec,
+    RecordMode, RenderMode, StorageTarget, StreamType, Subscription, TrackKind, UserFilter, VideoEncoding, Watermark,
+    WatermarkKind,
 )
 from cloudrec.core.states import TaskKind, TaskState
 from cloudrec.dialects.tencent.errors import TencentError
@@ -38,6 +39,9 @@ _OUTPUTS = {
 _SAMPLE_RATES = {1: 48_000, 2: 44_100, 3: 16_000}
 _STATUS = {TaskState.IDLE: "Idle", TaskState.IN_PROGRESS: "InProgress", TaskState.EXITING: "Exited"}
 _COLOR = re.compile(r"^#[0-9A-Fa-f]{6}$")
+_ANY_COLOR = re.compile(r"^(#|0[xX])([0-9A-Fa-f]{6})$")  # WaterMarkChar colours: examples use 0xRRGGBB
+_IMAGE_URL = re.compile(r"^https?://[A-Za-z0-9\-._~:/?#\[\]@!&()*+,%=]+$", re.I)
+_CANVAS_MAX = 2560  # WaterMark Top/Left/Width/Height
 _PREFIX = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 STRING_ROOM_ID = re.compile(r"^[A-Za-z0-9 !#$%&()+\-:;<=.>?@\[\]^_{}|~,]{1,64}$")
 _USER = re.compile(r"^[^\x00-\x1f]{1,64}$")
@@ -285,35 +289,41 @@ class TrtcActions:
         color = lp.string("BackGroundColor") or "#000000"
         if not _COLOR.match(color):
             raise TencentError("InvalidParameter", "MixLayoutParams.BackGroundColor must look like #RRGGBB")
+        render = RenderMode(lp.integer("RenderMode", default=1, choices=(0, 1, 2, 3)) or 0)
         panes = []
         for tile in lp.objs("MixLayoutList", max_items=25):
             top, left = tile.req_int("Top", lo=0, hi=1920), tile.req_int("Left", lo=0, hi=1920)
             width, height = tile.req_int("Width", lo=0, hi=1920), tile.req_int("Height", lo=0, hi=1920)
             if left + width > video.width or top + height > video.height:
                 raise TencentError(OUT_OF_RANGE, f"{tile.path} does not fit in the {video.width}x{video.height} canvas")
+            tile_render = RenderMode(tile.integer("RenderMode", default=1, choices=(0, 1, 2, 3)) or 0)
+            sub = _image_url(tile, "SubBackgroundImage")
             panes.append(Pane(
                 x=left, y=top, width=width, height=height, user_id=tile.string("UserId", max_len=256) or None,
                 track=TrackKind.AUX if tile.integer("MediaId", default=0, choices=(0, 1)) else TrackKind.MAIN,
                 z=tile.integer("ImageLayer", default=0, lo=0, hi=1000) or 0,
                 alpha=tile.integer("Alpha", default=0, lo=0, hi=255) or 0,
-                render=RenderMode(tile.integer("RenderMode", default=1, choices=(0, 1, 2, 3)) or 0),
+                render=tile_render,
+                placeholder=ImageRef(url=sub, render=tile_render) if sub else None,
             ))
-        for wm in lp.objs("WaterMarkList", max_items=25):
-            wm.integer("WaterMarkType", default=0, choices=(0, 1, 2))
-        for name in ("BackgroundImageUrl", "DefaultSubBackgroundImage"):
-            lp.string(name, max_len=2048)
-        lp.integer("PlaceHolderMode", default=0, choices=(0, 1))
-        lp.integer("BackgroundImageRenderMode", default=0, choices=(0, 1, 2, 3))
+        watermarks = tuple(_watermark(wm, video) for wm in lp.objs("WaterMarkList", max_items=25))
+        background_url = _image_url(lp, "BackgroundImageUrl")
+        default_sub = _image_url(lp, "DefaultSubBackgroundImage")
+        placeholders = bool(lp.integer("PlaceHolderMode", default=0, choices=(0, 1)))
+        background_render = RenderMode(lp.integer("BackgroundImageRenderMode", default=0, choices=(0, 1, 2, 3)) or 0)
         lp.integer("MaxResolutionUserAlign", default=0, choices=(0, 1))
-        rgb = int(color[1:], 16)
         return Layout(
             mode=mode,
             panes=tuple(panes),
-            background=((rgb >> 16) & 255, (rgb >> 8) & 255, rgb & 255),
-            render=RenderMode(lp.integer("RenderMode", default=1, choices=(0, 1, 2, 3)) or 0),
+            background=_rgb(color),
+            background_image=ImageRef(url=background_url, render=background_render) if background_url else None,
+            render=render,
             main_user_id=lp.string("MaxResolutionUserId", max_len=256) or None,
             main_track=TrackKind.AUX if lp.integer("MediaId", default=0, choices=(0, 1)) else TrackKind.MAIN,
             pure_audio_disable=lp.boolean("PureAudioDisableLayout"),
+            placeholders=placeholders,
+            default_placeholder=ImageRef(url=default_sub, render=render) if default_sub else None,
+            watermarks=watermarks,
         )
 
     # --- stream ingest ----------------------------------------------------------------------
@@ -380,3 +390,63 @@ class TrtcActions:
         mute = p.req_int("IsMute", choices=(0, 1))
         await self.rooms.set_blocked(room, user, bool(mute))
         return {}
+
+
+# --- MixLayoutParams pieces ----------------------------------------------------------------------
+def _rgb(color: str) -> RGB:
+    value = int(color[-6:], 16)
+    return (value >> 16) & 255, (value >> 8) & 255, value & 255
+
+
+def _image_url(o: Obj, name: str, *, required: bool = False) -> str | None:
+    """A picture URL (BackgroundImageUrl, SubBackgroundImage, WaterMarkUrl): http(s), A.6 characters."""
+    url = o.string(name, max_len=2048, required=required, allow_empty=not required)
+    if not url:
+        return None
+    if not _IMAGE_URL.match(url):
+        raise TencentError("InvalidParameter", f"{o.path}.{name} must be an http(s) URL of a jpg/png picture")
+    return url
+
+
+def _color(o: Obj, name: str, default: RGB | None) -> RGB | None:
+    raw = o.string(name, max_len=16)
+    if not raw:
+        return default
+    if not _ANY_COLOR.match(raw):
+        raise TencentError("InvalidParameter", f"{o.path}.{name} must look like 0xRRGGBB or #RRGGBB")
+    return _rgb(raw)
+
+
+def _box(o: Obj, video: VideoEncoding) -> tuple[int, int, int, int]:
+    top, left = o.req_int("Top", lo=0, hi=_CANVAS_MAX), o.req_int("Left", lo=0, hi=_CANVAS_MAX)
+    width, height = o.req_int("Width", lo=0, hi=_CANVAS_MAX), o.req_int("Height", lo=0, hi=_CANVAS_MAX)
+    if left + width > video.width or top + height > video.height:
+        raise TencentError(OUT_OF_RANGE, f"{o.path} does not fit in the {video.width}x{video.height} canvas")
+    return left, top, width, height
+
+
+def _watermark(wm: Obj, video: VideoEncoding) -> Watermark:
+    kind = wm.integer("WaterMarkType", default=0, choices=(0, 1, 2)) or 0
+    if kind == 0:
+        img = wm.obj("WaterMarkImage", required=True)
+        assert img is not None
+        x, y, w, h = _box(img, video)
+        url = _image_url(img, "WaterMarkUrl", required=True)
+        assert url is not None
+        return Watermark(kind=WatermarkKind.IMAGE, x=x, y=y, width=w, height=h,
+                         image=ImageRef(url=url, render=RenderMode.STRETCH))
+    if kind == 1:
+        ch = wm.obj("WaterMarkChar", required=True)
+        assert ch is not None
+        x, y, w, h = _box(ch, video)
+        ch.string("Font", max_len=64)  # Tencent / SourceHanSans: one font here (`[media] font_path`)
+        return Watermark(kind=WatermarkKind.TEXT, x=x, y=y, width=w, height=h,
+                         text=ch.req_str("Chars", max_len=1024),
+                         font_size=ch.integer("FontSize", default=14, lo=1, hi=_CANVAS_MAX) or 14,
+                         font_color=_color(ch, "FontColor", (255, 255, 255)) or (255, 255, 255),
+                         text_background=_color(ch, "BackGroundColor", None))
+    ts = wm.obj("WaterMarkTimestamp", required=True)
+    assert ts is not None
+    ts.string("Font", max_len=64)
+    return Watermark(kind=WatermarkKind.TIMESTAMP, position=Corner(ts.req_int("Pos", choices=tuple(range(7)))),
+                     tz_hours=float(ts.integer("TimeZone", default=8, lo=-12, hi=14) or 0), font_size=0)
