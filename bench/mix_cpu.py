@@ -18,6 +18,7 @@ from typing import Any
 
 import imageio_ffmpeg
 
+from bench.inputs import camera_like
 from cloudrec.core.ingest import IngestSpec
 from cloudrec.core.layout import Participant
 from cloudrec.core.rooms import RoomKey
@@ -26,7 +27,6 @@ from cloudrec.media.mixed import MixedPipeline
 from cloudrec.output.mp4 import Mp4Sink
 from cloudrec.rooms.ingest import IngestPublisher
 from cloudrec.rooms.registry import RoomRegistry
-from cloudrec.tools.samples import PALETTE, SampleSpec, write_sample
 
 SECONDS = 20.0
 W, H, FPS, BITRATE = 1280, 720, 15, 1_500_000
@@ -97,9 +97,7 @@ def run_ffmpeg(inputs: list[Path], out: Path) -> dict[str, float]:
 def main(results: Path) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        inputs = [write_sample(SampleSpec(path=root / f"in{i}.mp4", label=f"user{i}", color=PALETTE[i],
-                                          tone_hz=300 + 100 * i, seconds=SECONDS, width=W, height=H, fps=FPS, gop=2 * FPS))
-                  for i in range(4)]
+        inputs = [camera_like(root / f"in{i}.mp4", i, seconds=SECONDS, width=W, height=H, fps=FPS) for i in range(4)]
         ours = run_cloudrec(inputs, root / "cloudrec_mix.mp4")
         theirs = run_ffmpeg(inputs, root / "ffmpeg_mix.mp4")
     result = {

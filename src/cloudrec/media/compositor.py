@@ -26,7 +26,10 @@ __all__ = ["Compositor", "Fit", "Plane", "SMART_STRETCH_MAX_CROP", "fit", "plane
 
 logger = logging.getLogger(__name__)
 
-SCALE_INTERPOLATION = Interpolation.BILINEAR
+# Shrinking averages the covered source pixels (area): sharper than bilinear at 2:1 and cheaper;
+# enlarging interpolates (bilinear).
+DOWNSCALE_INTERPOLATION = Interpolation.AREA
+UPSCALE_INTERPOLATION = Interpolation.BILINEAR
 
 FrameKey = tuple[str, TrackKind]
 
@@ -162,8 +165,10 @@ class Compositor:
             scaler = self._scalers.get(key)
             if scaler is None:
                 scaler = self._scalers[key] = VideoReformatter()
+            shrink = g.scaled_width <= frame.width and g.scaled_height <= frame.height
             scaled_frame = scaler.reformat(frame, width=g.scaled_width, height=g.scaled_height, format="yuv420p",
-                                           interpolation=SCALE_INTERPOLATION, threads=1)
+                                           interpolation=DOWNSCALE_INTERPOLATION if shrink else UPSCALE_INTERPOLATION,
+                                           threads=1)
         py, pu, pv = plane_views(scaled_frame)
         cy, cx, ch, cw = g.src_y // 2, g.src_x // 2, g.height // 2, g.width // 2
         planes = (
