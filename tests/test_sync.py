@@ -280,3 +280,140 @@ async def test_whip_publishers_joining_apart_line_up_and_stay_in_sync(server: Se
     single = await asyncio.to_thread(measure, video, audio)
     print("whip single alice", single.as_dict())
     in_sync(single, 7)
+
+
+# --- clock drift -------------------------------------------------------------------------------
+
+
+def fit_slope(times: list[float]) -> float:
+    """Seconds per flash/beep, least squares over consecutive events."""
+    idx = np.arange(len(times))
+    return float(np.polyfit(idx, np.array(times), 1)[0])
+
+
+def test_rtmp_publisher_with_a_fast_clock_follows_the_room_clock(server: Server, tmp_path: Path) -> None:
+    """ffmpeg paces the push in real time (-re) but stamps it 0.4 % fast (setpts/asetpts ×1.004):
+    without correction its media would run 4 ms/s ahead (130 ms over the push). The correction keeps
+    the lag within the tracker's band plus the sender's own jitter (ffmpeg's re-encode sends ±30 ms
+    unevenly), so the events' rate is measured over 20 s."""
+    import imageio_ffmpeg
+
+    room = "7704"
+    seconds = 32
+    clip = write_sync_source(SyncSourceSpec(path=tmp_path / "sync.mp4", seconds=seconds, width=320, height=180))
+    mix = record_mixed(server, room, "syncmix")
+    one = record_single(server, room, "syncone")
+    url = f"rtmp://127.0.0.1:{server.rtmp_port}/push/{room}?sdkappid={APP_ID}&userid=fast&usersig={usersig('fast')}"
+    push = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-re", "-i", str(clip),
+                           "-vf", "setpts=1.004*PTS", "-af", "asetpts=1.004*PTS", "-c:v", "libx264", "-preset", "ultrafast",
+                           "-bf", "0", "-g", "30", "-c:a", "aac", "-f", "flv", url], capture_output=True, timeout=90)
+    assert push.returncode == 0, push.stderr
+    stop(server, mix, one)
+    video, audio = single_files(server, "syncone", one, room, "fast")
+    for name, rep in (("mixed", measure(mixed_file(server, "syncmix", mix, room))), ("single", measure(video, audio))):
+        print(f"drift {name}", rep.offsets_ms)
+        in_sync(rep, seconds - 6)
+        # After the estimator's settle time, window and band (≈ 7 s at 4 ms/s), events are one room
+        # second apart (uncorrected: 1.004 s).
+        late = [t for t in rep.video_onsets if t - rep.video_onsets[0] >= 11]
+        beeps = [t for t in rep.audio_onsets if t - rep.video_onsets[0] >= 11]
+        print(f"drift {name} slopes video {fit_slope(late):.5f} audio {fit_slope(beeps):.5f}")
+        assert abs(fit_slope(beeps) - 1.0) < 0.0015, beeps
+        assert abs(fit_slope(late) - 1.0) < 0.0015, late
+
+
+class Publisher:
+    """A synthetic publisher: `rate_error` fast (> 0) or slow clock, media sent with network jitter."""
+
+    def __init__(self, rate_error: float, seed: int = 1) -> None:
+        self.k = 1.0 + rate_error
+        self.rng = np.random.default_rng(seed)
+
+    def units(self, seconds: float) -> list[tuple[str, float, float]]:
+        """(track, true capture time, arrival) in arrival order: audio every 20 ms, video every 33 ms."""
+        out = [("audio", t, 0.0) for t in np.arange(0, seconds, 0.02)] + [("video", t, 0.0) for t in np.arange(0, seconds, 1 / 30)]
+        last: dict[str, float] = {}
+        jittered = []
+        for kind, t, _ in out:  # one connection: a track's units arrive in order
+            arrival = max(last.get(kind, 0.0), t + 0.02 + (0.03 if kind == "video" else 0.0) + float(self.rng.exponential(0.01)))
+            last[kind] = arrival
+            jittered.append((kind, t, arrival))
+        return sorted(jittered, key=lambda u: u[2])
+
+
+@pytest.mark.parametrize("rate_error", [0.002, -0.002, 0.0])
+def test_drift_tracker_follows_the_room_clock_slowly_and_keeps_tracks_together(rate_error: float) -> None:
+    from cloudrec.rooms.clock import BAND, MAX_SLEW, DriftTracker
+
+    tracker = DriftTracker()
+    pub = Publisher(rate_error)
+    last: dict[str, float] = {}
+    last_offset: float | None = None
+    placed: list[float] = []
+    for kind, t, arrival in pub.units(600):
+        src = 1000.0 + t * pub.k  # the publisher's clock
+        room = tracker.room(src, arrival)
+        assert tracker.offset is not None
+        if last_offset is not None:  # bounded slew: never a jump
+            assert abs(tracker.offset - last_offset) <= MAX_SLEW * 0.034 + 1e-9
+        last_offset = tracker.offset
+        assert room > last.get(kind, -math.inf)  # never backwards per track
+        last[kind] = room
+        if t > 15:  # converged (settle 2 s + window 2 s + 10 ms band at 2 ms/s): room − capture stays put
+            placed.append(room - t)
+    worst = max(placed) - min(placed)
+    assert worst <= 2 * BAND + 0.002, worst  # without correction: 600 s × 0.2 % = 1.2 s
+    assert abs(tracker.corrected + 600 * rate_error) < 0.03 if rate_error else abs(tracker.corrected) < 0.02
+
+
+def test_sender_report_mapping_follows_drifting_rtp_clocks_without_jumps() -> None:
+    """WebRTC: a sender whose NTP clock runs 0.2 % fast against ours and whose audio RTP clock runs
+    0.1 % slow against its NTP clock; SRs every second with send-time jitter. Audio and video of the
+    same capture instant stay together and follow the room clock."""
+    from cloudrec.rooms.whip import _PublisherClock, _TrackClock
+
+    rng = np.random.default_rng(7)
+    publisher = _PublisherClock()
+    clocks = {"audio": _TrackClock(publisher, 48_000), "video": _TrackClock(publisher, 90_000)}
+    rtp_scale = {"audio": 48_000 * 0.999, "video": 90_000.0}
+    origin = {"audio": 123_456, "video": 4_000_000_000}  # video wraps past 2^32 early on
+    ntp_k, ntp0 = 1.002, 3_900_000_000.0
+
+    def rtp(kind: str, t: float) -> int:
+        return int(origin[kind] + round(t * rtp_scale[kind])) & 0xFFFFFFFF
+
+    def ntp64(t: float) -> int:
+        s = ntp0 + t * ntp_k + float(rng.uniform(0, 0.004))  # stamped at send time
+        return int(s * 2**32)
+
+    events: list[tuple[float, str, float]] = []  # (arrival, kind, capture t)
+    for kind, step in (("audio", 0.02), ("video", 1 / 30)):
+        arrivals = np.maximum.accumulate([t + 0.03 + float(rng.exponential(0.005)) for t in np.arange(0, 900, step)])
+        events += [(float(a), kind, t) for a, t in zip(arrivals, np.arange(0, 900, step))]  # in order per track
+    events += [(t + 0.03, f"sr-{kind}", t) for kind in ("audio", "video") for t in np.arange(0.5, 900, 1.0)]
+    events.sort()
+    room: dict[str, list[tuple[float, float]]] = {"audio": [], "video": []}
+    last = {"audio": -1, "video": -1}
+    for arrival, kind, t in events:
+        if kind.startswith("sr-"):
+            k = kind[3:]
+            clocks[k].on_sender_report(ntp64(t), rtp(k, t))
+            continue
+        pts = clocks[kind].pts(rtp(kind, t), arrival)
+        assert pts > last[kind]
+        last[kind] = pts
+        room[kind].append((t, pts / (48_000 if kind == "audio" else 90_000)))
+    assert all(c.aligned for c in clocks.values())
+    a_t, a_room = np.array(room["audio"]).T
+    v_t, v_room = np.array(room["video"]).T
+    late = v_t > 30
+    # audio and video of the same capture instant (interpolated on the audio track) stay together
+    av = np.interp(v_t[late], a_t, a_room) - v_room[late]
+    assert np.max(np.abs(av)) < 0.005, (av.min(), av.max())
+    # and each unit sits at capture + ~min delay on the room clock (not 0.2 % × 900 s = 1.8 s away)
+    follow = a_room[a_t > 30] - a_t[a_t > 30]
+    assert follow.max() - follow.min() < 0.02 and abs(np.median(follow) - 0.03) < 0.02, (follow.min(), follow.max())
+    # never a jump: consecutive audio units 20 ms apart stay 20 ms apart ± two slews (SR line and
+    # publisher offset, ≤ 1 % each) and the pts rounding
+    steps = np.diff(a_room[a_t > 1])
+    assert np.all(np.abs(steps - 0.02) < 0.02 * 0.021 + 2 / 48_000), (steps.min(), steps.max())
