@@ -2,7 +2,11 @@
 
 Each source's decoded frames are resampled once to the mix format (float planar at the mix rate)
 and written at the sample position of their task time; a frame starting within `snap_seconds` of
-where the previous one ended is made contiguous (timestamp jitter would otherwise click). `pull(n)`
+where the previous one ended is made contiguous (timestamp jitter would otherwise click); when the
+two disagree by more than `DRIFT_DEADBAND_SECONDS` (a source whose sample clock runs fast or slow
+against its timestamps, e.g. after the room's drift correction), the frame is stretched or squeezed
+by at most `MAX_STRETCH` (linear interpolation; ≤ 1 % only while converging) so the audio converges to its
+timestamps without a gap or a cut, and stays within the snap distance of them. `pull(n)`
 returns the next `n` samples of the mix: the sum of the sources, silence where one has nothing,
 the peak soft-limited. The mixer's cursor only moves by what is pulled, so output sample count is
 exactly what the caller asks for (elapsed × rate).
@@ -24,6 +28,8 @@ from cloudrec.media.timing import sample_position
 logger = logging.getLogger(__name__)
 
 SNAP_SECONDS = 0.03
+DRIFT_DEADBAND_SECONDS = 0.002  # timestamp rounding (RTMP: 1 ms) is left alone
+MAX_STRETCH = 0.01  # a frame's length changes by at most this fraction (> the room's drift slew)
 MAX_AHEAD_SECONDS = 10.0  # audio further ahead of the cursor than this is dropped
 LIMIT_KNEE = 0.8  # soft limiter: linear below, compressed above, never beyond 1.0
 
@@ -64,6 +70,8 @@ class AudioMixer:
         self.layout = "mono" if channels == 1 else "stereo"
         self.time_base = Fraction(1, sample_rate)
         self._snap = round(snap_seconds * sample_rate)
+        self._deadband = round(DRIFT_DEADBAND_SECONDS * sample_rate)
+        self.stretched = 0  # samples added or removed to follow drifting timestamps
         self._max_ahead = round(MAX_AHEAD_SECONDS * sample_rate)
         self._sources: dict[str, _Source] = {}
         self.cursor = 0  # next sample position pull() returns
@@ -102,6 +110,7 @@ class AudioMixer:
     def _place(self, src: _Source, pos: int, data: Samples) -> None:
         if src.end is not None:
             if abs(pos - src.end) <= self._snap:
+                data = self._stretch(data, pos - src.end)
                 pos = src.end
             elif pos < src.end:  # overlaps what is already there: keep the older samples
                 cut = src.end - pos
@@ -121,6 +130,21 @@ class AudioMixer:
             return
         src.chunks.append(_Chunk(start=pos, data=data))
         src.end = pos + n
+
+    def _stretch(self, data: Samples, error: int) -> Samples:
+        """`data` resampled to move `error` samples (timestamp − contiguous position) closer to 0."""
+        excess = abs(error) - self._deadband
+        n = data.shape[1]
+        change = min(excess, int(n * MAX_STRETCH))
+        if change <= 0 or n < 2:
+            return data
+        m = n + change if error > 0 else n - change  # late timestamps: play longer; early: shorter
+        grid = np.linspace(0, n - 1, m)
+        out = np.empty((data.shape[0], m), dtype=np.float32)
+        for ch in range(data.shape[0]):
+            out[ch] = np.interp(grid, np.arange(n), data[ch])
+        self.stretched += change
+        return out
 
     def pending(self, source_id: str) -> int:
         """Samples of `source_id` buffered at or after the cursor."""

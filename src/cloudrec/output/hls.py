@@ -33,6 +33,8 @@ from cloudrec.output.mp4 import declare_stream, make_packet, track_type_of, unit
 
 logger = logging.getLogger(__name__)
 
+TS_OFFSET_SECONDS = "1.4"  # added to every segment's timestamps; covers any B-frame dts delay
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Segment:
@@ -154,7 +156,11 @@ class HlsSink(PacketSink):
     def _start_segment(self, t: float) -> None:
         begin_ms = self.wall0_ms + round(t * 1000)
         self._seg_name = naming.segment_name(self.base, self.track_type, begin_ms)
-        container = av.open(str(self.directory / self._seg_name), "w", format="mpegts")
+        # A constant offset for every segment (as FFmpeg's HLS muxer does): the first units of a mix have
+        # negative dts (B-frame delay), and the muxer would shift only the first segment to avoid them,
+        # putting a jump of a few frames into the timeline at the first segment boundary.
+        container = av.open(str(self.directory / self._seg_name), "w", format="mpegts",
+                            options={"output_ts_offset": TS_OFFSET_SECONDS})
         assert isinstance(container, OutputContainer)
         self._out = [declare_stream(container, info) for info in self._streams]
         self._container = container

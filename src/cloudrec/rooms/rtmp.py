@@ -11,8 +11,9 @@ get their own small server (MEDIA.md §3). One connection is one publisher:
 
 Time (MEDIA.md §1): RTMP timestamps are 32-bit milliseconds (unwrapped here). One offset per
 publisher, set at its first media message (`arrival − first timestamp`), maps both tracks onto the
-room clock, so a publisher's audio and video stay exactly as aligned as it sent them. Units keep
-the time base 1/1000.
+room clock, so a publisher's audio and video stay exactly as aligned as it sent them. The offset
+then follows the publisher's clock drift by slewing (`rooms.clock.DriftTracker`: bounded, never a
+jump, the same for both tracks). Units keep the time base 1/1000.
 
 Media is published as it arrives, without decoding: H.264 (AVCC NAL units with the avcC record as
 extradata) and AAC (raw frames with the AudioSpecificConfig as extradata). A new configuration
@@ -54,6 +55,7 @@ from cloudrec.core.h264 import BitReader, avcc_sps, parse_sps
 from cloudrec.core.media import MediaUnit, StreamInfo
 from cloudrec.core.rooms import RoomKey
 from cloudrec.core.spec import TrackKind
+from cloudrec.rooms.clock import DriftTracker
 from cloudrec.rooms.registry import CAMERA_KINDS, SCREEN_KINDS, Connection, Room, RoomRegistry, Track
 
 logger = logging.getLogger(__name__)
@@ -506,7 +508,7 @@ class _Publisher:
         self.video_kind = grant.track if grant.track.is_video else TrackKind.MAIN
         self.remote = remote
         self._clock = clock
-        self._shift: int | None = None  # room ms − source ms, set at the first media message
+        self._drift = DriftTracker()  # source seconds → room seconds, one for both tracks
         self._last32: int | None = None
         self._ext = 0  # unwrapped source ms of the last media message
         self._infos: dict[TrackKind, StreamInfo] = {}
@@ -526,9 +528,7 @@ class _Publisher:
                 delta -= 0x100000000
             self._ext += delta
         self._last32 = ts32
-        if self._shift is None:
-            self._shift = round(self._clock() * 1000) - self._ext
-        return self._ext + self._shift
+        return round(self._drift.room(self._ext / 1000, self._clock()) * 1000)
 
     # -- media ---------------------------------------------------------------------------------
     def present(self) -> bool:

@@ -24,8 +24,10 @@ copy (MEDIA.md §2):
 Timing (MEDIA.md §1): each track unwraps its RTP timestamps; until an RTCP sender report arrives a
 track is anchored at the arrival time of its first packet; the first SR of the publisher fixes one
 offset (sender NTP → room clock) for all its tracks, chosen so that track continues without a jump;
-every track then follows NTP + (rtp − rtp_sr) / rate + offset, which restores the publisher's own
-audio/video alignment. Timestamps of a track never go backwards. Clock drift is not corrected.
+every track then follows its SR line (`rooms.clock.SenderReportMap`: RTP → sender NTP, rate fitted
+from the first and latest SR, changes slewed) plus that offset, which restores the publisher's own
+audio/video alignment. The offset follows the sender's clock drift against ours by slewing
+(`rooms.clock.DriftTracker`, shared by the tracks). Timestamps of a track never go backwards.
 
 Robustness: a publisher leaves its room when its connection fails or closes, when it is closed, and
 when no media arrived for `media_timeout` seconds (also if it never sent any) — one WARNING line
@@ -83,6 +85,7 @@ from cloudrec.core.rooms import RoomKey
 from cloudrec.core.spec import TrackKind
 from cloudrec.errors import InvalidRequest, NotFound
 from cloudrec.media.decode import Decoder
+from cloudrec.rooms.clock import DriftTracker, SenderReportMap
 from cloudrec.rooms.h264rtp import H264Depacketizer, sps_dimensions
 from cloudrec.rooms.registry import CAMERA_KINDS, SCREEN_KINDS, Connection, RoomRegistry, Track, TrackSubscriber
 
@@ -141,10 +144,14 @@ def ice_host_addresses(addresses: Sequence[str]) -> Iterator[None]:
 
 
 class _PublisherClock:
-    """The one offset (sender NTP seconds → room seconds) shared by a publisher's tracks."""
+    """Sender NTP seconds → room seconds, one `DriftTracker` shared by a publisher's tracks."""
 
     def __init__(self) -> None:
-        self.offset: float | None = None
+        self.drift = DriftTracker()
+
+    @property
+    def offset(self) -> float | None:
+        return self.drift.offset
 
 
 class _TrackClock:
@@ -153,13 +160,13 @@ class _TrackClock:
         self.rate = rate
         self._last_ext: int | None = None
         self._anchor: tuple[int, float] | None = None  # (ext rtp, room seconds) from arrival
-        self._sr: tuple[int, float] | None = None  # (ext rtp, sender NTP seconds)
+        self._sr = SenderReportMap(rate)  # ext rtp → sender NTP seconds, from this track's SRs
         self._last_pts: int | None = None
 
     @property
     def aligned(self) -> bool:
         """The track follows the sender's NTP clock (a sender report arrived)."""
-        return self._sr is not None and self.publisher.offset is not None
+        return self._sr.ready and self.publisher.offset is not None
 
     def _extend(self, ts: int) -> int:
         if self._last_ext is None:
@@ -168,17 +175,16 @@ class _TrackClock:
         return self._last_ext + delta
 
     def on_sender_report(self, ntp: int, rtp: int) -> None:
-        if self._sr is not None or self._last_ext is None:
-            return  # the first pair is kept (no jumps); before any packet there is nothing to tie
+        if self._last_ext is None:
+            return  # before any packet there is nothing to tie
         ext = self._extend(rtp)
         ntp_seconds = (ntp >> 32) + (ntp & 0xFFFFFFFF) / 2**32
-        if self.publisher.offset is None:
-            self.publisher.offset = self._seconds(ext) - ntp_seconds
-        self._sr = (ext, ntp_seconds)
+        if not self._sr.ready and self.publisher.offset is None:
+            # the publisher's first SR: this track continues without a jump
+            self.publisher.drift.start(self._anchored(ext) - ntp_seconds)
+        self._sr.on_report(ext, ntp_seconds)
 
-    def _seconds(self, ext: int) -> float:
-        if self._sr is not None and self.publisher.offset is not None:
-            return self._sr[1] + (ext - self._sr[0]) / self.rate + self.publisher.offset
+    def _anchored(self, ext: int) -> float:
         assert self._anchor is not None
         return self._anchor[1] + (ext - self._anchor[0]) / self.rate
 
@@ -189,7 +195,11 @@ class _TrackClock:
             self._anchor = (ext, arrival)
         if self._last_ext is None or ext > self._last_ext:
             self._last_ext = ext
-        pts = round(self._seconds(ext) * self.rate)
+        if self.aligned:
+            seconds = self.publisher.drift.room(self._sr.ntp(ext), arrival)
+        else:
+            seconds = self._anchored(ext)
+        pts = round(seconds * self.rate)
         if self._last_pts is not None and pts <= self._last_pts:
             pts = self._last_pts + 1
         self._last_pts = pts
