@@ -29,6 +29,7 @@ from cloudrec.rooms.ingest import IngestPublisher
 from cloudrec.rooms.registry import RoomRegistry
 
 SECONDS = 20.0
+ROUNDS = 5
 W, H, FPS, BITRATE = 1280, 720, 15, 1_500_000
 
 
@@ -95,18 +96,26 @@ def run_ffmpeg(inputs: list[Path], out: Path) -> dict[str, float]:
 
 
 def main(results: Path) -> dict[str, Any]:
+    rounds = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         inputs = [camera_like(root / f"in{i}.mp4", i, seconds=SECONDS, width=W, height=H, fps=FPS) for i in range(4)]
-        ours = run_cloudrec(inputs, root / "cloudrec_mix.mp4")
-        theirs = run_ffmpeg(inputs, root / "ffmpeg_mix.mp4")
+        # Alternate the two, several rounds: CPU seconds move with what else the machine does, and
+        # the median of the per-round ratios is steadier than one pair.
+        for n in range(ROUNDS):
+            ours = run_cloudrec(inputs, root / f"cloudrec_mix{n}.mp4")
+            theirs = run_ffmpeg(inputs, root / f"ffmpeg_mix{n}.mp4")
+            rounds.append({"cloudrec": ours, "ffmpeg": theirs, "ratio": ours["cpu_seconds"] / theirs["cpu_seconds"]})
+            print(json.dumps({"round": n, "ratio": round(rounds[-1]["ratio"], 3)}))
+    mid = sorted(rounds, key=lambda r: r["ratio"])[len(rounds) // 2]
     result = {
         "name": "mix_cpu",
         "title": "4-user 2×2 mix, 720p15 in → 720p15 out (x264 veryfast), CPU vs ffmpeg",
         "seconds_of_media": SECONDS,
-        "cloudrec": ours,
-        "ffmpeg": theirs,
-        "ratio": ours["cpu_seconds"] / theirs["cpu_seconds"],
+        "cloudrec": mid["cloudrec"],
+        "ffmpeg": mid["ffmpeg"],
+        "ratio": mid["ratio"],
+        "ratios": [r["ratio"] for r in rounds],
         "goal": "≤ 0.95 (issue 4)",
         "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
     }

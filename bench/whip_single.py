@@ -58,8 +58,9 @@ def _proc_cpu(pid: int) -> float:
 class Service:
     def __init__(self, root: Path) -> None:
         self.port = _port()
+        self.rtmp_port = _port()
         cfg = root / "bench.toml"
-        cfg.write_text(f'[server]\nhttp_listen = "127.0.0.1:{self.port}"\nrtmp_listen = "127.0.0.1:{_port()}"\n'
+        cfg.write_text(f'[server]\nhttp_listen = "127.0.0.1:{self.port}"\nrtmp_listen = "127.0.0.1:{self.rtmp_port}"\n'
                        f'data_dir = "data"\nlog_level = "WARNING"\n[limits]\nrate_per_second = 1000\n'
                        f'max_concurrent_tasks = 1000\n[[apps]]\nid = {APP_ID}\nkey = "{KEY}"\n'
                        f'[[credentials]]\nid = "{SID}"\nsecret = "{SKEY}"\n')

@@ -58,6 +58,7 @@ class MixStats:
     samples_out: int = 0  # audio samples encoded
     late_units: int = 0  # units before task zero or behind the latency window
     first_frame_at: float | None = None  # clock() when the first publisher media was decoded
+    first_output_at: float | None = None  # clock() when the first picture showing a publisher was encoded
     dropped: int = 0  # units lost in subscriber queues + decoded frames over the per-source cap
     skipped_frames: int = 0  # video ticks skipped because the pipeline fell behind
     decode_errors: int = 0
@@ -143,6 +144,7 @@ class MixedPipeline:
         self._dropped_frames = 0
         self._skipped = 0
         self._first_at: float | None = None
+        self._first_output_at: float | None = None
         self._video_done = -math.inf  # task time of the last video tick produced
         self._audio_done = 0.0  # task time up to which audio was pulled from the mixer
         self._black = _black_frame()
@@ -408,6 +410,8 @@ class MixedPipeline:
         self._video_done = t
         self._write_video(index, venc.encode(picture))
         self._frames_out += 1
+        if self._first_output_at is None and any(f is not None and f is not self._black for f in frames.values()):
+            self._first_output_at = self._clock()
 
     def _emit_audio(self, target: int, aenc: AudioEncoder, mixer: AudioMixer, index: int, *, partial: bool) -> None:
         size = aenc.frame_size
@@ -451,6 +455,7 @@ class MixedPipeline:
             samples_out=self._samples_out,
             late_units=self._late,
             first_frame_at=self._first_at,
+            first_output_at=self._first_output_at,
             dropped=dropped,
             skipped_frames=self._skipped,
             decode_errors=errors,

@@ -166,6 +166,7 @@ class RecordingSession(Session):
         self.uploads = UploadTracker(vod=self.spec.storage.vendor == "vod", task_id=task.id,
                                      playback_base_url=config.vod_playback_base_url)
         self.pipelines: list[SinglePipeline | MixedPipeline] = []
+        self.first_frame_noted = False
         self.dropped_reported = 0
         self.pictures: dict[str, Picture] = {}  # fetched layout pictures, by URL
         self.picture_fetches: dict[str, asyncio.Task[None]] = {}
@@ -202,6 +203,7 @@ class RecordingSession(Session):
                 await self._drain_events()
                 await self._update_state(bool(wanted))
                 self._count_dropped()
+                self._note_first_frame()
                 await self._sleep()
         except Exception:
             logger.exception("recording session failed", extra=self.log)
@@ -286,6 +288,21 @@ class RecordingSession(Session):
         if dropped > self.dropped_reported:
             metrics.inc("cloudrec_dropped_units_total", dropped - self.dropped_reported)
             self.dropped_reported = dropped
+
+    def _note_first_frame(self) -> None:
+        """Once: how long after CreateCloudRecording the mix encoded its first picture of a publisher
+        (the start latency users see; `cloudrec_start_seconds` sums them for /metrics)."""
+        if self.mix is None or self.first_frame_noted:
+            return
+        at = self.mix.pipeline.stats.first_output_at
+        if at is None:
+            return
+        self.first_frame_noted = True
+        seconds = time.time() - (time.monotonic() - at) - self.task.created_at
+        logger.info("mix first frame", extra={**self.log, "since_create_ms": round(seconds * 1000)})
+        if self.config.metrics is not None:
+            self.config.metrics.inc("cloudrec_start_seconds_sum", seconds)
+            self.config.metrics.inc("cloudrec_start_seconds_count")
 
     # --- what to record -----------------------------------------------------------------------
     def _wanted(self, snapshot: RoomSnapshot) -> dict[tuple[str, TrackKind], Track]:
