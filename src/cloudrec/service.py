@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 
 import uvicorn
 
@@ -27,6 +28,8 @@ from cloudrec.rooms.registry import RoomRegistry
 from cloudrec.rooms.rtmp import PublishGrant, PublishRequest, RtmpServer
 from cloudrec.rooms.whip import WebRtcGateway
 from cloudrec.settings import Settings
+from cloudrec.storage.routing import EndpointRule, StorageConfig, StorageRouter, VodLibrary
+from cloudrec.storage.uploader import Uploader, UploaderConfig
 from cloudrec.store.sql import SqlTaskStore
 from cloudrec.worker.scheduler import Worker
 from cloudrec.worker.session import SessionConfig
@@ -44,11 +47,12 @@ class Service:
         self.metrics.declare("cloudrec_files_written_total", "counter", "finished segments and files",
                              {"kind": "segment"}, {"kind": "file"})
         self.metrics.declare("cloudrec_dropped_units_total", "counter", "media units recording pipelines dropped")
+        self.router, self.uploader = self._storage(settings)
         self.worker = Worker(
             self.store, self.registry,
-            SessionConfig(storage_dir=settings.storage_dir, latency_seconds=settings.latency_seconds,
+            SessionConfig(uploader=self.uploader, latency_seconds=settings.latency_seconds,
                           segment_seconds=settings.hls_segment_seconds,
-                          vod_playback_base_url=settings.vod_playback_base_url, metrics=self.metrics),
+                          finish_wait_seconds=settings.storage.finish_wait_seconds, metrics=self.metrics),
         )
         cb = settings.callbacks
         self.notifier = Notifier(
@@ -83,8 +87,30 @@ class Service:
             extra_routes=webrtc_routes(self.webrtc, self._authorize_webrtc),
             dev_usersig=self._dev_usersig if settings.dev_usersig else None,
             metrics=MetricsReport(self.store, self.metrics).text,
+            vod_root=self.router.vod_root,
         )
         self._server: uvicorn.Server | None = None
+
+    def _storage(self, settings: Settings) -> tuple[StorageRouter, Uploader]:
+        st, vod = settings.storage, settings.vod
+        router = StorageRouter(StorageConfig(
+            storage_dir=settings.storage_dir, spool_dir=settings.data_dir / "spool",
+            endpoints=tuple(EndpointRule(vendor=e.vendor, region=e.region, bucket=e.bucket, endpoint_url=e.endpoint_url)
+                            for e in st.endpoints),
+            allow_request_endpoints=st.allow_request_endpoints,
+            vod=VodLibrary(bucket=vod.bucket, prefix=vod.prefix, endpoint_url=vod.endpoint_url, region=vod.region,
+                           access_key=vod.access_key, secret_key=vod.secret_key),
+            multipart_threshold=st.multipart_threshold_mb * 1024 * 1024, part_size=st.part_size_mb * 1024 * 1024,
+        ))
+        # A local VOD library is served by this process at /vod/<TaskId>/<file>.
+        playback = settings.vod_playback_base_url or (
+            f"http://{settings.http_host}:{settings.http_port}/vod" if not vod.endpoint_url else "")
+        uploader = Uploader(self.store, router, UploaderConfig(
+            node=st.node_id or socket.gethostname(), concurrency=st.concurrency, retry_seconds=st.retry_seconds,
+            backoff_initial_seconds=st.backoff_initial_seconds, backoff_max_seconds=st.backoff_max_seconds,
+            poll_seconds=st.poll_seconds, keep_spool=st.keep_spool, vod_playback_base_url=playback,
+        ), metrics=self.metrics)
+        return router, uploader
 
     async def _authorize_rtmp(self, request: PublishRequest) -> PublishGrant | None:
         """`rtmp://host/push/<RoomId>?sdkappid=…&userid=…&usersig=…[&streamtype=main|aux]`; refused at `publish`."""
@@ -130,6 +156,7 @@ class Service:
         """Serve until `stop` is set, then finalize every running task and return."""
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         await self.store.start()
+        await self.uploader.start()  # first: spooled files of an earlier run go up while tasks resume
         await self.worker.start()
         await self.notifier.start()
         await self.rtmp.start()
@@ -152,6 +179,7 @@ class Service:
         await self.rtmp.stop()  # publishers leave first, so recordings see them go
         await self.webrtc.stop()
         await self.worker.stop()
+        await self.uploader.stop()  # what is not stored yet stays queued and spooled for the next start
         await self.notifier.stop()  # a short drain: the tasks' last events (stop, files) go out now if they can
         self._server.should_exit = True
         await serving
