@@ -205,3 +205,47 @@ async def test_split_files_reach_the_bucket_with_a8_names(moto: str, tmp_path: P
     assert kinds == [EventKind.FILES_FINISHED]  # no upload_started here: this test never started the task
     assert [f["name"] for f in finished[0].payload["files"]] == [k.rsplit("/", 1)[-1] for k in mp4s]
     assert finished[0].payload["status"] == 0 and not dest.spool.exists()  # the spool is emptied
+
+
+def test_storage_config_as_the_issue_writes_it_routes_destinations(tmp_path: Path) -> None:
+    import tomllib
+
+    from cloudrec.errors import InvalidRequest
+    from cloudrec.settings import parse_settings
+
+    raw = tomllib.loads("""
+[storage]
+allow_request_endpoints = false
+
+[[storage.endpoints]]
+vendor = 1                     # CloudStorage.Vendor (0 COS, 1 AWS S3) or "oss" for Alibaba OSSParams
+region = "us-east-1"           # "*" matches any region
+bucket = "*"                   # optional; "*" (default) matches any bucket
+endpoint_url = "http://127.0.0.1:8333"
+
+[[storage.endpoints]]
+vendor = 0
+region = "*"
+endpoint_url = "http://127.0.0.1:8334"
+""")
+    settings = parse_settings(raw, tmp_path)
+    rules = tuple(EndpointRule(vendor=e.vendor, region=e.region, bucket=e.bucket, endpoint_url=e.endpoint_url)
+                  for e in settings.storage.endpoints)
+    router = StorageRouter(StorageConfig(storage_dir=tmp_path / "storage", spool_dir=tmp_path / "spool", endpoints=rules))
+
+    def where(**kw: str) -> str:
+        dest = router.destination(StorageTarget(access_key="AK", secret_key="SK", **kw), "T1")  # type: ignore[arg-type]
+        return dest.store.description + " " + dest.key_prefix
+
+    assert where(vendor="s3", region="us-east-1", bucket="b") == "s3:http://127.0.0.1:8333/b T1/"
+    assert where(vendor="cos", region="ap-shanghai", bucket="c") == "s3:http://127.0.0.1:8334/c T1/"
+    assert where(vendor="s3", region="eu-west-1", bucket="b").startswith("local:")  # no rule: local backend
+    # A request's endpoint is not followed unless config allows it.
+    assert where(vendor="s3", region="eu-west-1", bucket="b", endpoint_url="http://169.254.169.254").startswith("local:")
+    allowed = StorageRouter(StorageConfig(storage_dir=tmp_path, spool_dir=tmp_path / "spool", allow_request_endpoints=True))
+    dest = allowed.destination(StorageTarget(vendor="s3", bucket="b", endpoint_url="acct.r2.example", access_key="AK",
+                                             secret_key="SK"), "T1")
+    assert dest.store.description == "s3:https://acct.r2.example/b"
+    for bad in ('vendor = 2\nendpoint_url = "http://x"', 'vendor = 1\nendpoint_url = "ftp://x"', "vendor = 1"):
+        with pytest.raises(InvalidRequest):
+            parse_settings(tomllib.loads(f"[[storage.endpoints]]\n{bad}\n"), tmp_path)
