@@ -19,6 +19,7 @@ from cloudrec.core.states import StopReason, TaskKind, TaskState
 from cloudrec.core.tasks import TaskRecord
 from cloudrec.dialects.tencent.callbacks import TrtcCallbacks
 from cloudrec.store import tables
+from cloudrec.store.migrations import MIGRATIONS
 from cloudrec.store.sql import SqlTaskStore
 from tests.callback_receiver import Receiver
 
@@ -150,7 +151,7 @@ async def test_upgrade_from_v1_skips_old_events_and_delivers_new(tmp_path: Path)
     assert [(d.task_id, d.event.kind) for d in due] == [("new", ev.EventKind.RECORDER_STARTED)]
     await store.stop()
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT max(version) FROM schema_version").fetchone() == (2,)
+        assert db.execute("SELECT max(version) FROM schema_version").fetchone() == (MIGRATIONS[-1][0],)
 
 
 async def test_stopping_mid_request_gives_the_event_back(tmp_path: Path) -> None:

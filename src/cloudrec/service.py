@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 
 import uvicorn
 
@@ -27,6 +28,8 @@ from cloudrec.rooms.registry import RoomRegistry
 from cloudrec.rooms.rtmp import PublishGrant, PublishRequest, RtmpServer
 from cloudrec.rooms.whip import WebRtcGateway
 from cloudrec.settings import Settings
+from cloudrec.storage.routing import EndpointRule, StorageConfig, StorageRouter, VodLibrary
+from cloudrec.storage.uploader import Uploader, UploaderConfig
 from cloudrec.store.sql import SqlTaskStore
 from cloudrec.worker.images import ImageFetcher, ImageLimits
 from cloudrec.worker.scheduler import Worker
@@ -48,11 +51,12 @@ class Service:
         self.images = ImageFetcher(settings.data_dir / "image-cache",
                                    ImageLimits(allow_private=settings.allow_private_image_urls,
                                                trusted_networks=settings.trusted_image_networks))
+        self.router, self.uploader = self._storage(settings)
         self.worker = Worker(
             self.store, self.registry,
-            SessionConfig(storage_dir=settings.storage_dir, latency_seconds=settings.latency_seconds,
+            SessionConfig(uploader=self.uploader, latency_seconds=settings.latency_seconds,
                           segment_seconds=settings.hls_segment_seconds,
-                          vod_playback_base_url=settings.vod_playback_base_url, metrics=self.metrics,
+                          finish_wait_seconds=settings.storage.finish_wait_seconds, metrics=self.metrics,
                           images=self.images, font_path=settings.font_path),
         )
         cb = settings.callbacks
@@ -88,8 +92,30 @@ class Service:
             extra_routes=webrtc_routes(self.webrtc, self._authorize_webrtc),
             dev_usersig=self._dev_usersig if settings.dev_usersig else None,
             metrics=MetricsReport(self.store, self.metrics).text,
+            vod_root=self.router.vod_root,
         )
         self._server: uvicorn.Server | None = None
+
+    def _storage(self, settings: Settings) -> tuple[StorageRouter, Uploader]:
+        st, vod = settings.storage, settings.vod
+        router = StorageRouter(StorageConfig(
+            storage_dir=settings.storage_dir, spool_dir=settings.data_dir / "spool",
+            endpoints=tuple(EndpointRule(vendor=e.vendor, region=e.region, bucket=e.bucket, endpoint_url=e.endpoint_url)
+                            for e in st.endpoints),
+            allow_request_endpoints=st.allow_request_endpoints,
+            vod=VodLibrary(bucket=vod.bucket, prefix=vod.prefix, endpoint_url=vod.endpoint_url, region=vod.region,
+                           access_key=vod.access_key, secret_key=vod.secret_key),
+            multipart_threshold=st.multipart_threshold_mb * 1024 * 1024, part_size=st.part_size_mb * 1024 * 1024,
+        ))
+        # A local VOD library is served by this process at /vod/<TaskId>/<file>.
+        playback = settings.vod_playback_base_url or (
+            f"http://{settings.http_host}:{settings.http_port}/vod" if not vod.endpoint_url else "")
+        uploader = Uploader(self.store, router, UploaderConfig(
+            node=st.node_id or socket.gethostname(), concurrency=st.concurrency, retry_seconds=st.retry_seconds,
+            backoff_initial_seconds=st.backoff_initial_seconds, backoff_max_seconds=st.backoff_max_seconds,
+            poll_seconds=st.poll_seconds, keep_spool=st.keep_spool, vod_playback_base_url=playback,
+        ), metrics=self.metrics)
+        return router, uploader
 
     async def _authorize_rtmp(self, request: PublishRequest) -> PublishGrant | None:
         """`rtmp://host/push/<RoomId>?sdkappid=…&userid=…&usersig=…[&streamtype=main|aux]`; refused at `publish`."""
@@ -135,6 +161,7 @@ class Service:
         """Serve until `stop` is set, then finalize every running task and return."""
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         await self.store.start()
+        await self.uploader.start()  # first: spooled files of an earlier run go up while tasks resume
         await self.worker.start()
         await self.notifier.start()
         await self.rtmp.start()
@@ -157,6 +184,7 @@ class Service:
         await self.rtmp.stop()  # publishers leave first, so recordings see them go
         await self.webrtc.stop()
         await self.worker.stop()
+        await self.uploader.stop()  # what is not stored yet stays queued and spooled for the next start
         await self.notifier.stop()  # a short drain: the tasks' last events (stop, files) go out now if they can
         await self.images.aclose()
         self._server.should_exit = True

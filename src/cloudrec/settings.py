@@ -41,6 +41,47 @@ class CallbackSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class StorageEndpoint:
+    """[[storage.endpoints]]: destinations this S3-compatible endpoint serves (first match wins)."""
+
+    vendor: str  # "0" COS, "1" AWS S3 (CloudStorage.Vendor), "oss" (Alibaba OSSParams)
+    region: str = "*"  # "*" = any region
+    bucket: str = "*"  # "*" = any bucket
+    endpoint_url: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StorageSettings:
+    """[storage]: the upload pipeline."""
+
+    endpoints: tuple[StorageEndpoint, ...] = ()
+    allow_request_endpoints: bool = False  # honour CloudStorage.EndpointUrl from requests
+    keep_spool: bool = False  # keep local copies after a confirmed remote upload
+    concurrency: int = 4  # uploads at a time per process
+    retry_seconds: float = 3600.0  # retry a file this long, then report it (308) and leave it in the spool
+    backoff_initial_seconds: float = 1.0
+    backoff_max_seconds: float = 60.0
+    poll_seconds: float = 0.5
+    finish_wait_seconds: float = 10.0  # a stopping task waits this long for its uploads before it ends
+    multipart_threshold_mb: int = 64
+    part_size_mb: int = 16
+    node_id: str = ""  # whose spool rows this process uploads; "" = the host name
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VodSettings:
+    """[vod]: the VOD library CloudVod tasks go to (local by default, served at /vod/)."""
+
+    playback_base_url: str = ""  # "" = this server's /vod/ for a local library
+    bucket: str = "vod"
+    prefix: tuple[str, ...] = ()
+    endpoint_url: str = ""  # "" = the local backend
+    region: str = ""
+    access_key: str = field(default="", repr=False)
+    secret_key: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     http_host: str = "127.0.0.1"
     http_port: int = 8080
@@ -65,6 +106,8 @@ class Settings:
     credentials: tuple[Credential, ...] = ()
     callbacks: CallbackSettings = CallbackSettings()
     vod_playback_base_url: str = ""  # [vod] playback_base_url: VOD callbacks' URLs are <this>/<TaskId>/<file>
+    storage: StorageSettings = StorageSettings()
+    vod: VodSettings = VodSettings()
 
     @property
     def storage_dir(self) -> Path:
@@ -112,6 +155,47 @@ def _networks(value: Any) -> tuple[str, ...]:
         return tuple(str(ipaddress.ip_network(str(n), strict=False)) for n in value)
     except (TypeError, ValueError) as exc:
         raise InvalidRequest("[media] trusted_image_networks must be a list of CIDRs", field="trusted_image_networks") from exc
+
+
+def _storage(raw: dict[str, Any]) -> StorageSettings:
+    endpoints = []
+    for e in raw.get("endpoints", []):
+        vendor = e.get("vendor") if isinstance(e, dict) else None
+        url = e.get("endpoint_url") if isinstance(e, dict) else None
+        if vendor not in (0, 1, "oss") or isinstance(vendor, bool):
+            raise InvalidRequest('[[storage.endpoints]] vendor must be 0 (COS), 1 (AWS S3) or "oss"', field="storage")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise InvalidRequest("[[storage.endpoints]] endpoint_url must be an http(s) URL", field="storage")
+        endpoints.append(StorageEndpoint(vendor=str(vendor), region=str(e.get("region", "*")),
+                                         bucket=str(e.get("bucket", "*")), endpoint_url=url))
+    try:
+        st = StorageSettings(
+            endpoints=tuple(endpoints),
+            allow_request_endpoints=bool(raw.get("allow_request_endpoints", False)),
+            keep_spool=bool(raw.get("keep_spool", False)),
+            concurrency=int(raw.get("concurrency", 4)),
+            retry_seconds=float(raw.get("retry_seconds", 3600)),
+            backoff_initial_seconds=float(raw.get("backoff_initial_seconds", 1)),
+            backoff_max_seconds=float(raw.get("backoff_max_seconds", 60)),
+            poll_seconds=float(raw.get("poll_seconds", 0.5)),
+            finish_wait_seconds=float(raw.get("finish_wait_seconds", 10)),
+            multipart_threshold_mb=int(raw.get("multipart_threshold_mb", 64)),
+            part_size_mb=int(raw.get("part_size_mb", 16)),
+            node_id=str(raw.get("node_id", "")),
+        )
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest("[storage] values must be numbers or booleans", field="storage") from exc
+    if min(st.concurrency, st.retry_seconds, st.backoff_initial_seconds, st.backoff_max_seconds, st.poll_seconds,
+           st.part_size_mb, st.multipart_threshold_mb) <= 0 or st.finish_wait_seconds < 0:
+        raise InvalidRequest("[storage] values must be positive", field="storage")
+    return st
+
+
+def _vod(raw: dict[str, Any]) -> VodSettings:
+    prefix = tuple(str(p) for p in raw.get("prefix", []))
+    return VodSettings(playback_base_url=str(raw.get("playback_base_url", "")), bucket=str(raw.get("bucket", "vod")),
+                       prefix=prefix, endpoint_url=str(raw.get("endpoint_url", "")), region=str(raw.get("region", "")),
+                       access_key=str(raw.get("access_key", "")), secret_key=str(raw.get("secret_key", "")))
 
 
 def parse_settings(raw: dict[str, Any], base_dir: Path) -> Settings:
@@ -171,6 +255,8 @@ def parse_settings(raw: dict[str, Any], base_dir: Path) -> Settings:
         credentials=tuple(creds),
         callbacks=_callbacks(raw.get("callbacks", {})),
         vod_playback_base_url=str(raw.get("vod", {}).get("playback_base_url", "")),
+        storage=_storage(raw.get("storage", {})),
+        vod=_vod(raw.get("vod", {})),
     )
 
 

@@ -5,15 +5,37 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from cloudrec.dialects.tencent.gateway import TencentGateway
 
 logger = logging.getLogger(__name__)
+
+VOD_TYPES = {"m3u8": "application/vnd.apple.mpegurl", "ts": "video/mp2t", "mp4": "video/mp4", "aac": "audio/aac",
+             "mp3": "audio/mpeg", "m4s": "video/iso.segment"}
+
+
+def vod_file(root: Path, path: str) -> Path | None:
+    """The file a `/vod/<TaskId>/<file>` URL names inside `root`, or None: only plain names of
+    recorded media (no `..`, no hidden or temporary files, nothing outside the library)."""
+    parts = path.split("/")
+    if not 1 <= len(parts) <= 16 or any(not p or p.startswith(".") or "\\" in p or "\0" in p for p in parts):
+        return None
+    if parts[-1].rsplit(".", 1)[-1] not in VOD_TYPES:
+        return None
+    target = root.joinpath(*parts)
+    try:
+        if root.resolve() not in target.resolve().parents or not target.is_file():
+            return None
+    except OSError:
+        return None
+    return target
+
 
 PUBLISH_PAGE = resources.files("cloudrec.api").joinpath("static/publish.html").read_text(encoding="utf-8")
 
@@ -37,6 +59,7 @@ def create_app(
     extra_routes: Sequence[BaseRoute] = (),
     dev_usersig: Callable[[str, str], str | None] | None = None,
     metrics: Callable[[], Awaitable[str]] | None = None,
+    vod_root: Path | None = None,
 ) -> Starlette:
     async def vendor_api(request: Request) -> Response:
         headers = {k.lower(): v for k, v in request.headers.items()}
@@ -76,6 +99,13 @@ def create_app(
         # Prometheus text exposition format 0.0.4
         return Response(await metrics(), headers={"content-type": "text/plain; version=0.0.4; charset=utf-8"})
 
+    async def vod(request: Request) -> Response:
+        """Playback URLs of the local VOD library (read-only)."""
+        found = vod_file(vod_root, str(request.path_params["path"])) if vod_root is not None else None
+        if found is None:
+            return PlainTextResponse("not found", status_code=404)
+        return FileResponse(found, media_type=VOD_TYPES[found.suffix[1:]])
+
     methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
     routes: list[BaseRoute] = [
         Route("/", vendor_api, methods=methods),
@@ -83,6 +113,7 @@ def create_app(
         Route("/metrics", metrics_page, methods=["GET"]),
         Route("/publish", publish_page, methods=["GET"]),
         Route("/dev/usersig", usersig, methods=["GET"]),
+        Route("/vod/{path:path}", vod, methods=["GET", "HEAD"]),
         *extra_routes,
     ]
     return Starlette(routes=routes)

@@ -169,15 +169,19 @@ class UploadTracker:
         self.failed += 1
         return [Event(kind=EventKind.UPLOAD_FAILED, at_ms=at_ms, payload={"file": name, "code": code, "message": message})]
 
-    def finish(self, at_ms: int, files: Iterable[StoredFile], *, stranded: bool = False) -> list[Event]:
-        """The task's files are final (and, for a remote backend, uploaded or spooled)."""
+    def finish(self, at_ms: int, files: Iterable[StoredFile], *, stranded: bool = False,
+               failed: Mapping[str, str] | None = None) -> list[Event]:
+        """The task's files are final (and, for a remote backend, uploaded or spooled).
+        `failed`: files that could not be stored (name → error); they stay in the spool."""
         final = list(files)
+        failed = failed or {}
+        stranded = stranded or bool(failed)
         status = (UploadStatus.STRANDED if stranded else UploadStatus.OK).value
         if self.vod:
             out = [
                 Event(kind=EventKind.VOD_COMMITTED, at_ms=at_ms, payload={
-                    "ok": True, "error": "", "file": f.plain(), "file_id": file_id(self.task_id, f.name),
-                    "url": self._url(f.name)})
+                    "ok": f.name not in failed, "error": failed.get(f.name, ""), "file": f.plain(),
+                    "file_id": file_id(self.task_id, f.name), "url": self._url(f.name)})
                 for f in final if f.kind in ("playlist", "file")
             ]
             return out + [Event(kind=EventKind.VOD_FINISHED, at_ms=at_ms, payload={"ok": not stranded})]

@@ -40,6 +40,12 @@ class Metrics:
             key = tuple(sorted(labels.items()))
             fam.samples[key] = fam.samples.get(key, 0.0) + amount
 
+    def set(self, name: str, value: float, **labels: str) -> None:
+        """A gauge's current value (declare it first so it has its type)."""
+        with self._lock:
+            fam = self._families.setdefault(name, Family(name=name, type="gauge", help=name))
+            fam.samples[tuple(sorted(labels.items()))] = value
+
     def families(self) -> list[Family]:
         with self._lock:
             return [Family(name=f.name, type=f.type, help=f.help, samples=dict(f.samples)) for f in self._families.values()]

@@ -39,3 +39,21 @@ class FileRecord:
     begin_ms: int
     end_ms: int | None = None
     final: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UploadRecord:
+    """One object waiting in (or gone from) a node's spool: a file of a task, or the task's
+    `finish` marker (its last storage events are due once everything before it is stored)."""
+
+    id: int
+    task_id: str
+    name: str  # file name relative to the task directory; "" for the finish marker
+    kind: str  # playlist | segment | file | finish
+    state: str  # pending | done | failed
+    attempts: int = 0
+    next_attempt_ms: int = 0
+    created_ms: int = 0
+    published_ms: int | None = None  # playlists: first published (a shorter version, maybe)
+    size: int | None = None
+    last_error: str | None = None

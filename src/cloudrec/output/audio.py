@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cloudrec.core.media import FileEvent, StreamInfo
-from cloudrec.output.mp4 import MAX_FILE_BYTES, RotatingFileSink
+from cloudrec.output.mp4 import FLUSH_OPTIONS, MAX_FILE_BYTES, RotatingFileSink
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class AudioFileSink(RotatingFileSink):
         )
         self.codec = codec
         self.format_name, self.extension = AUDIO_FORMATS[codec]
-        self.container_options = {}
+        self.container_options = dict(FLUSH_OPTIONS)  # raw streams: what was written plays after a kill
 
     def accepts(self, info: StreamInfo) -> bool:
         return not info.kind.is_video and info.codec == self.codec

@@ -35,11 +35,15 @@ from cloudrec.core.media import FileEvent, MediaUnit, PacketSink, StreamInfo
 
 logger = logging.getLogger(__name__)
 
-FRAGMENT_SECONDS = 2.0
+FRAGMENT_SECONDS = 1.0
 MAX_FILE_BYTES = 2 * 1024**3 - 64 * 1024**2  # 2 GiB minus one generous GOP of margin
+# Hand every muxed byte to the OS at once: FFmpeg's 32 KiB write buffer would otherwise hold whole
+# fragments of a low-bitrate recording, and a kill -9 would lose them (measured: 8 s of a mix, gone).
+FLUSH_OPTIONS = {"flush_packets": "1"}
 MP4_OPTIONS = {
     "movflags": "frag_keyframe+empty_moov+default_base_moof",
     "frag_duration": str(int(FRAGMENT_SECONDS * 1_000_000)),
+    **FLUSH_OPTIONS,  # movenc writes a fragment at once, so this is one write() per fragment
 }
 
 # ---------------------------------------------------------------------------------------------

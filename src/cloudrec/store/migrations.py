@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 
 def _v1_initial(conn: Connection) -> None:
-    for table in (tables.tasks, tables.files, tables.events):
+    for table in (tables.tasks, tables.files, tables.events):  # later tables come with their own steps
         table.create(conn, checkfirst=True)
 
 
@@ -44,9 +44,17 @@ def _v2_event_delivery(conn: Connection) -> None:
         index.create(conn, checkfirst=True)
 
 
+def _v3_uploads(conn: Connection) -> None:
+    """The upload queue: files wait in the spool until stored, across restarts."""
+    tables.uploads.create(conn, checkfirst=True)
+    for index in tables.uploads.indexes:
+        index.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1_initial),
     (2, _v2_event_delivery),
+    (3, _v3_uploads),
 ]
 
 

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from cloudrec.core.events import Event, EventKind, OutboxEvent
 from cloudrec.core.rooms import RoomIdType, RoomKey
 from cloudrec.core.states import StopReason, TaskKind, TaskState
-from cloudrec.core.tasks import FileRecord, TaskRecord
+from cloudrec.core.tasks import FileRecord, TaskRecord, UploadRecord
 from cloudrec.errors import LimitReached
 from cloudrec.store import tables
 from cloudrec.store.migrations import migrate
@@ -47,6 +47,12 @@ def _task_from_row(row: Any) -> TaskRecord:
         heartbeat_at=row.heartbeat_at,
         error=row.error,
     )
+
+
+def _upload_from_row(r: Any) -> UploadRecord:
+    return UploadRecord(id=r.id, task_id=r.task_id, name=r.name, kind=r.kind, state=r.state, attempts=r.attempts,
+                        next_attempt_ms=r.next_attempt_ms, created_ms=r.created_ms, published_ms=r.published_ms,
+                        size=r.size, last_error=r.last_error)
 
 
 class SqlTaskStore:
@@ -169,7 +175,8 @@ class SqlTaskStore:
                 t.update().where(t.c.worker_id == worker_id, t.c.state.in_(_ALIVE)).values(heartbeat_at=time.time())
             )
 
-    async def set_state(self, task_id: str, state: TaskState, *, events: Sequence[Event] = (), **fields: Any) -> None:
+    async def set_state(self, task_id: str, state: TaskState, *, events: Sequence[Event] = (),
+                        finish_uploads_on: str | None = None, **fields: Any) -> None:
         t = tables.tasks
         values: dict[str, Any] = {"state": state.value}
         for k, v in fields.items():
@@ -179,10 +186,16 @@ class SqlTaskStore:
         async with self.engine.begin() as conn:
             await conn.execute(t.update().where(t.c.id == task_id).values(**values))
             await self._insert_events(conn, task_id, events)
+            if finish_uploads_on is not None:
+                await self._queue_upload(conn, task_id, finish_uploads_on, "", "finish")
 
-    async def put_file(self, task_id: str, file: FileRecord, *, events: Sequence[Event] = ()) -> None:
+    async def put_file(self, task_id: str, file: FileRecord, *, events: Sequence[Event] = (),
+                       upload_on: str | None = None) -> None:
+        """Record `file`; with `upload_on` (a node), also queue it for upload from that node's spool."""
         f = tables.files
         async with self.engine.begin() as conn:
+            if upload_on is not None:
+                await self._queue_upload(conn, task_id, upload_on, file.name, file.kind)
             res = await conn.execute(
                 f.update().where(f.c.task_id == task_id, f.c.name == file.name).values(end_ms=file.end_ms, final=file.final)
             )
@@ -204,6 +217,66 @@ class SqlTaskStore:
                        begin_ms=r.begin_ms, end_ms=r.end_ms, final=bool(r.final))
             for r in rows
         ]
+
+    # --- the upload queue (storage/uploader.py) -------------------------------------------------------
+    async def _queue_upload(self, conn: AsyncConnection, task_id: str, node: str, name: str, kind: str) -> None:
+        u = tables.uploads
+        present = await conn.scalar(sa.select(u.c.id).where(u.c.task_id == task_id, u.c.name == name))
+        if present is None:
+            await conn.execute(u.insert().values(task_id=task_id, node=node, name=name, kind=kind, state="pending",
+                                                 attempts=0, next_attempt_ms=0, created_ms=int(time.time() * 1000)))
+
+    async def pending_uploads(self, node: str, *, limit: int = 1000) -> list[UploadRecord]:
+        u = tables.uploads
+        q = sa.select(u).where(u.c.node == node, u.c.state == "pending").order_by(u.c.id).limit(limit)
+        async with self.engine.connect() as conn:
+            return [_upload_from_row(r) for r in (await conn.execute(q)).all()]
+
+    async def task_uploads(self, task_id: str) -> list[UploadRecord]:
+        u = tables.uploads
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(sa.select(u).where(u.c.task_id == task_id).order_by(u.c.id))).all()
+        return [_upload_from_row(r) for r in rows]
+
+    async def upload_published(self, upload_id: int, *, now_ms: int, events: Sequence[Event] = ()) -> None:
+        """A playlist was published (maybe listing fewer segments than it will): remember the first time."""
+        u = tables.uploads
+        async with self.engine.begin() as conn:
+            await conn.execute(u.update().where(u.c.id == upload_id, u.c.published_ms.is_(None)).values(published_ms=now_ms))
+            task_id = await conn.scalar(sa.select(u.c.task_id).where(u.c.id == upload_id))
+            if task_id is not None:
+                await self._insert_events(conn, task_id, events)
+
+    async def upload_done(self, upload_id: int, *, now_ms: int, size: int | None = None,
+                          events: Sequence[Event] = ()) -> None:
+        await self._upload_final(upload_id, {"state": "done", "done_ms": now_ms, "size": size, "last_error": None}, events)
+
+    async def upload_failed(self, upload_id: int, *, error: str, events: Sequence[Event] = ()) -> None:
+        await self._upload_final(upload_id, {"state": "failed", "last_error": error[:1000]}, events)
+
+    async def _upload_final(self, upload_id: int, values: dict[str, Any], events: Sequence[Event]) -> None:
+        u = tables.uploads
+        async with self.engine.begin() as conn:
+            task_id = await conn.scalar(sa.select(u.c.task_id).where(u.c.id == upload_id, u.c.state == "pending"))
+            if task_id is None:
+                return
+            await conn.execute(u.update().where(u.c.id == upload_id).values(**values))
+            await self._insert_events(conn, task_id, events)
+
+    async def upload_retry(self, upload_id: int, *, error: str, next_ms: int) -> None:
+        u = tables.uploads
+        async with self.engine.begin() as conn:
+            await conn.execute(u.update().where(u.c.id == upload_id, u.c.state == "pending").values(
+                attempts=u.c.attempts + 1, next_attempt_ms=next_ms, last_error=error[:1000]))
+
+    async def upload_counts(self, node: str | None = None) -> dict[str, int]:
+        u = tables.uploads
+        q = sa.select(u.c.state, sa.func.count()).where(u.c.kind != "finish").group_by(u.c.state)
+        if node is not None:
+            q = q.where(u.c.node == node)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        return {str(r[0]): int(r[1]) for r in rows}
 
     # --- the callback outbox -----------------------------------------------------------------------
     async def add_events(self, task_id: str, events: Sequence[Event]) -> None:

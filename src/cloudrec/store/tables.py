@@ -68,6 +68,26 @@ events = sa.Table(  # the callback outbox: written in the same transaction as th
 )
 sa.Index("events_state_task", events.c.state, events.c.task_id, events.c.id)
 
+uploads = sa.Table(  # the upload queue (migration 3): what a node's spool still has to store
+    "uploads",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("task_id", sa.String(128), nullable=False),
+    sa.Column("node", sa.String(128), nullable=False),  # whose spool holds the file
+    sa.Column("name", sa.String(512), nullable=False),  # "" for a task's finish marker
+    sa.Column("kind", sa.String(16), nullable=False),  # playlist | segment | file | finish
+    sa.Column("state", sa.String(16), nullable=False, default="pending"),  # pending → done | failed
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("next_attempt_ms", sa.BigInteger, nullable=False, default=0),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+    sa.Column("published_ms", sa.BigInteger),
+    sa.Column("done_ms", sa.BigInteger),
+    sa.Column("size", sa.BigInteger),
+    sa.Column("last_error", sa.Text),
+    sa.UniqueConstraint("task_id", "name", name="uploads_task_name"),
+)
+sa.Index("uploads_node_state", uploads.c.node, uploads.c.state, uploads.c.id)
+
 schema_version = sa.Table(
     "schema_version",
     metadata,

@@ -10,16 +10,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from cloudrec.core import events as ev
 from cloudrec.core import naming
-from cloudrec.core.events import Event, EventKind, StoredFile, UploadTracker
+from cloudrec.core.events import Event, EventKind, UploadTracker
 from cloudrec.core.ingest import IngestSpec
 from cloudrec.core.media import FileEvent, PacketSink
 from cloudrec.core.metrics import Metrics
@@ -33,7 +35,8 @@ from cloudrec.media.single import SinglePipeline
 from cloudrec.output.factory import SinkFactory, make_sinks
 from cloudrec.rooms.ingest import IngestEnd, IngestPublisher
 from cloudrec.rooms.registry import Room, RoomRegistry, RoomSnapshot, Track, TrackSubscriber
-from cloudrec.storage.local import task_directory
+from cloudrec.storage.playlist import closed
+from cloudrec.storage.uploader import Uploader
 from cloudrec.store.base import TaskStore
 from cloudrec.worker.images import ImageError, ImageFetcher, loggable_url
 
@@ -42,11 +45,11 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SessionConfig:
-    storage_dir: Path
+    uploader: Uploader  # stores what the sinks write into the task's spool directory
     latency_seconds: float = 0.3
     segment_seconds: float = 4.0
     poll_seconds: float = 0.25
-    vod_playback_base_url: str = ""  # VOD callbacks give <this>/<TaskId>/<file> as the playback URL
+    finish_wait_seconds: float = 10.0  # at the end, wait this long for uploads to report them with the task's end
     metrics: Metrics | None = None
     images: ImageFetcher | None = None  # shared by all sessions (one cache); None: layouts draw no pictures
     font_path: Path | None = None  # text watermarks
@@ -153,7 +156,10 @@ class RecordingSession(Session):
         super().__init__(task, store, config)
         self.spec: RecordingSpec = from_plain(RecordingSpec, json.loads(task.spec))
         self.room: Room = registry.room(self.spec.room)
-        self.directory = task_directory(config.storage_dir, self.spec.storage, task.id)
+        self.uploader = config.uploader
+        self.node = config.uploader.config.node
+        self.directory = self.uploader.destination(self.spec.storage, task.id).spool
+        self.name_prefix = ""  # "ha<N>_" after the N-th takeover (A.8 failover names), so nothing is overwritten
         self.events: asyncio.Queue[FileEvent] = asyncio.Queue()
         self.loop = asyncio.get_running_loop()
         self.single: dict[tuple[str, str, str], _SingleGroup] = {}
@@ -163,8 +169,7 @@ class RecordingSession(Session):
         self.state = task.state
         self.begin_ms = task.begin_ms
         # Storage events (a CloudStorage destination: upload start/playlists/segments/finish; VOD: commits).
-        self.uploads = UploadTracker(vod=self.spec.storage.vendor == "vod", task_id=task.id,
-                                     playback_base_url=config.vod_playback_base_url)
+        self.uploads = UploadTracker(vod=self.spec.storage.vendor == "vod", task_id=task.id)
         self.pipelines: list[SinglePipeline | MixedPipeline] = []
         self.first_frame_noted = False
         self.dropped_reported = 0
@@ -237,13 +242,15 @@ class RecordingSession(Session):
                 s.close()
         await self._drain_events()
         self._count_dropped()
-        # The recorder exited; the local backend has every file already, so the storage side ends now.
-        now = _now_ms()
-        final = [self._stored(f.name, f.kind, f.user_id, f.track_type, f.media, f.begin_ms, f.end_ms, True)
-                 for f in await self.store.list_files(self.task.id) if f.final]
-        events = [ev.recorder_stopped(now, reason), *self.uploads.finish(now, final)]
-        await self.store.set_state(self.task.id, TaskState.ENDED, stop_reason=reason, events=events)
-        logger.info("recording ended", extra={**self.log, "reason": reason.name})
+        # The recorder exited and every file is queued. If the uploads finish soon (always, for the
+        # local backend) their last events go out with the task's end; otherwise the uploader sends
+        # them after the last file is stored (the finish marker waits behind the task's files).
+        stored = await self.uploader.finish_task(self.task.id, wait_seconds=self.config.finish_wait_seconds)
+        events = [ev.recorder_stopped(_now_ms(), reason), *(stored or [])]
+        await self.store.set_state(self.task.id, TaskState.ENDED, stop_reason=reason, events=events,
+                                   finish_uploads_on=self.node if stored is None else None)
+        self.uploader.wake(self.task.id)
+        logger.info("recording ended", extra={**self.log, "reason": reason.name, "uploads_pending": stored is None})
 
     # --- events -----------------------------------------------------------------------------
     async def _start_events(self) -> bool:
@@ -261,24 +268,43 @@ class RecordingSession(Session):
         kinds = await self.store.event_kinds(self.task.id)
         first: list[Event] = [ev.recorder_started(now)]
         if EventKind.RECORDER_STARTED in kinds:
-            files = [self._stored(f.name, f.kind, f.user_id, f.track_type, f.media, f.begin_ms, f.end_ms, f.final)
-                     for f in await self.store.list_files(self.task.id)]
-            self.uploads.seen(kinds, files)
+            self.uploads.seen(kinds, [])
             first = [ev.task_migrated(now)]
-            logger.info("recording taken over", extra=self.log)
+            await self._recover()
+            logger.info("recording taken over", extra={**self.log, "prefix": self.name_prefix})
         await self.store.add_events(self.task.id, first + self.uploads.start(now))
         return True
 
-    def _stored(self, name: str, kind: str, user_id: str, track_type: str, media: str, begin_ms: int,
-                end_ms: int | None, final: bool) -> StoredFile:
-        size = None
-        if final:
+    async def _recover(self) -> None:
+        """The previous run of this task died (kill -9, power, a lost node). Its open files end where
+        it stopped: fragmented MP4 plays up to its last whole fragment, a playlist lists only closed
+        segments (it gets its end tag now); they are queued for upload like any finished file. The
+        segment that was being written is not listed anywhere and is removed. New files get the
+        `ha<N>_` prefix so that nothing of the earlier runs is overwritten."""
+        files = await self.store.list_files(self.task.id)
+        known = {f.name for f in files}
+        for f in files:
+            if f.final:
+                continue
+            path = self.directory / f.name
+            end_ms = f.begin_ms
             try:
-                size = (self.directory / name).stat().st_size
+                if f.kind == "playlist":
+                    tmp = path.with_name(f".{path.name}.tmp")
+                    tmp.write_text(closed(path.read_text(encoding="utf-8")), encoding="utf-8")
+                    os.replace(tmp, path)
+                end_ms = max(f.begin_ms, int(path.stat().st_mtime * 1000))  # the last write ≈ the last media
             except OSError:
-                pass
-        return StoredFile(name=name, kind=kind, user_id=user_id, track_type=track_type, media=media, begin_ms=begin_ms,
-                          end_ms=end_ms, size=size)
+                logger.warning("interrupted file not in the spool", extra={**self.log, "file": f.name})
+            await self.store.put_file(self.task.id, replace(f, end_ms=f.end_ms or end_ms, final=True), upload_on=self.node)
+            logger.info("interrupted file closed", extra={**self.log, "file": f.name})
+        if self.directory.is_dir():
+            for path in self.directory.glob("*.ts"):
+                if path.name not in known:
+                    path.unlink(missing_ok=True)
+        runs = [int(m.group(1)) for f in files if (m := re.match(r"ha(\d+)_", f.name))]
+        self.name_prefix = f"ha{max(runs, default=0) + 1}_"
+        self.uploader.wake(self.task.id)
 
     def _count_dropped(self) -> None:
         metrics = self.config.metrics
@@ -334,24 +360,30 @@ class RecordingSession(Session):
         self.loop.call_soon_threadsafe(self.events.put_nowait, event)
 
     async def _drain_events(self) -> None:
+        drained = False
         while not self.events.empty():
             fe = self.events.get_nowait()
-            stored = self._stored(fe.name, fe.kind, fe.user_id, fe.track_type, fe.media, fe.begin_ms, fe.end_ms, fe.final)
-            # Local storage: a playlist is stored when first written, segments and files when final.
-            events = self.uploads.stored(stored, _now_ms()) if fe.final or fe.kind == "playlist" else []
+            drained = True
+            # Segments and files are queued for upload when they close; a playlist when it starts (the
+            # uploader publishes it as its segments reach storage, and finishes it once it is final).
             await self.store.put_file(
                 self.task.id,
                 FileRecord(name=fe.name, kind=fe.kind, track_type=fe.track_type, user_id=fe.user_id, media=fe.media,
                            begin_ms=fe.begin_ms, end_ms=fe.end_ms, final=fe.final),
-                events=events,
+                upload_on=self.node if fe.final or fe.kind == "playlist" else None,
             )
             if self.begin_ms is None:
                 self.begin_ms = fe.begin_ms
                 await self.store.set_state(self.task.id, self.state, begin_ms=fe.begin_ms)
             if fe.final and fe.kind != "playlist" and self.config.metrics is not None:
                 self.config.metrics.inc("cloudrec_files_written_total", kind=fe.kind)
-                self.config.metrics.inc("cloudrec_bytes_written_total", float(stored.size or 0))
+                try:
+                    self.config.metrics.inc("cloudrec_bytes_written_total", float((self.directory / fe.name).stat().st_size))
+                except OSError:
+                    pass
             logger.info("file", extra={**self.log, "file": fe.name, "final": fe.final})
+        if drained:
+            self.uploader.wake(self.task.id)
 
     def _sinks(self, base: str, track_type: str | None, user_id: str, media: str, wall0_ms: int,
                has_video: bool, has_audio: bool) -> list[PacketSink]:
@@ -421,7 +453,7 @@ class RecordingSession(Session):
         wall0_ms = int(time.time() * 1000)
         # Audio-file outputs only (AAC/MP3): no picture is composed or encoded at all.
         video = spec.stream_type.video and not spec.outputs <= {Container.AAC, Container.MP3}
-        sinks = self._sinks(naming.mixed_base(spec.room), None, "", "mix", wall0_ms, video, spec.stream_type.audio)
+        sinks = self._sinks(self.name_prefix + naming.mixed_base(spec.room), None, "", "mix", wall0_ms, video, spec.stream_type.audio)
         pipeline = MixedPipeline(
             video=spec.video if video else None,
             audio=spec.audio if spec.stream_type.audio else None,
@@ -474,7 +506,7 @@ class RecordingSession(Session):
             # stream parameters change) files continue (`_2.mp4`, an HLS discontinuity), never overwrite.
             video_kind = TrackKind.AUX if media == "aux" else TrackKind.MAIN
             factory = self.single_factories[key] = SinkFactory(
-                self.spec.outputs, directory=self.directory, base=naming.user_base(self.spec.room, user, video_kind),
+                self.spec.outputs, directory=self.directory, base=self.name_prefix + naming.user_base(self.spec.room, user, video_kind),
                 track_type=track_type, user_id=user, media=media, max_file_seconds=self.spec.max_file_minutes * 60.0,
                 on_event=self._on_file, segment_seconds=self.config.segment_seconds, extract_audio=True,
             )
