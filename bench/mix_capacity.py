@@ -21,17 +21,15 @@ from typing import Any
 import av
 
 from bench.inputs import camera_like
+from bench.mix_cpu import FPS, H, W, mix_room
 from cloudrec.core.ingest import IngestSpec
-from cloudrec.core.layout import Participant
 from cloudrec.core.rooms import RoomKey
-from cloudrec.core.spec import AudioEncoding, FillType, Layout, TrackKind, VideoEncoding
 from cloudrec.media.mixed import MixedPipeline
 from cloudrec.output.mp4 import Mp4Sink
 from cloudrec.rooms.ingest import IngestPublisher
 from cloudrec.rooms.registry import RoomRegistry
 
 SECONDS = 30.0
-W, H, FPS, BITRATE = 1280, 720, 15, 1_500_000
 STEPS = (1, 3, 5, 6)
 
 
@@ -66,20 +64,7 @@ def run_step(n: int, inputs: list[Path], root: Path) -> dict[str, Any]:
     stop_mix = threading.Event()
     cpu0, wall0 = _cpu(), time.monotonic()
     for r, room in enumerate(rooms):
-        snapshot = room.snapshot()
-        subs = {(p.user_id, k): t.subscribe() for p in snapshot.participants for k, t in p.tracks.items()}
-        sink = Mp4Sink(root, f"mix{n}_{r}", None, user_id="", media="mix", wall0_ms=int(time.time() * 1000),
-                       max_seconds=86400.0)
-        pipeline = MixedPipeline(
-            video=VideoEncoding(width=W, height=H, fps=FPS, bitrate=BITRATE, gop_seconds=2),
-            audio=AudioEncoding(sample_rate=48_000, channels=2, bitrate=64_000),
-            layout=Layout(), fill_type=FillType.LAST_FRAME, sinks=[sink], t0=time.monotonic(),
-        )
-        pipeline.update(
-            participants=[Participant(user_id=p.user_id, video=frozenset({TrackKind.MAIN})) for p in snapshot.participants],
-            video={k: s for k, s in subs.items() if k[1] is TrackKind.MAIN},
-            audio={k[0]: s for k, s in subs.items() if k[1] is TrackKind.AUDIO},
-        )
+        pipeline, sink = mix_room(room, root, f"mix{n}_{r}")
         thread = threading.Thread(target=pipeline.run, args=(stop_mix,), daemon=True, name=f"mix-{r}")
         thread.start()
         pipelines.append((pipeline, thread, sink))

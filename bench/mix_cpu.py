@@ -26,7 +26,7 @@ from cloudrec.core.spec import AudioEncoding, FillType, Layout, TrackKind, Video
 from cloudrec.media.mixed import MixedPipeline
 from cloudrec.output.mp4 import Mp4Sink
 from cloudrec.rooms.ingest import IngestPublisher
-from cloudrec.rooms.registry import RoomRegistry
+from cloudrec.rooms.registry import Room, RoomRegistry
 
 SECONDS = 20.0
 ROUNDS = 5
@@ -43,6 +43,24 @@ def _cpu_children() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def mix_room(room: Room, directory: Path, name: str) -> tuple[MixedPipeline, Mp4Sink]:
+    """A 2×2 720p15 mix of everyone now in `room` into `directory/name…mp4` (not started)."""
+    snapshot = room.snapshot()
+    subs = {(p.user_id, k): t.subscribe() for p in snapshot.participants for k, t in p.tracks.items()}
+    sink = Mp4Sink(directory, name, None, user_id="", media="mix", wall0_ms=int(time.time() * 1000), max_seconds=86400.0)
+    pipeline = MixedPipeline(
+        video=VideoEncoding(width=W, height=H, fps=FPS, bitrate=BITRATE, gop_seconds=2),
+        audio=AudioEncoding(sample_rate=48_000, channels=2, bitrate=64_000),
+        layout=Layout(), fill_type=FillType.LAST_FRAME, sinks=[sink], t0=time.monotonic(),
+    )
+    pipeline.update(
+        participants=[Participant(user_id=p.user_id, video=frozenset({TrackKind.MAIN})) for p in snapshot.participants],
+        video={k: s for k, s in subs.items() if k[1] is TrackKind.MAIN},
+        audio={k[0]: s for k, s in subs.items() if k[1] is TrackKind.AUDIO},
+    )
+    return pipeline, sink
+
+
 def run_cloudrec(inputs: list[Path], out: Path) -> dict[str, float]:
     registry = RoomRegistry()
     room = registry.room(RoomKey(1, "bench"))
@@ -54,20 +72,7 @@ def run_cloudrec(inputs: list[Path], out: Path) -> dict[str, float]:
         t.start()
     while len(room.snapshot().participants) < len(inputs) or any(len(p.tracks) < 2 for p in room.snapshot().participants):
         time.sleep(0.01)
-    snapshot = room.snapshot()
-    subs = {(p.user_id, k): t.subscribe() for p in snapshot.participants for k, t in p.tracks.items()}
-    sink = Mp4Sink(out.parent, out.stem, None, user_id="", media="mix", wall0_ms=int(time.time() * 1000),
-                   max_seconds=86400.0)
-    pipeline = MixedPipeline(
-        video=VideoEncoding(width=W, height=H, fps=FPS, bitrate=BITRATE, gop_seconds=2),
-        audio=AudioEncoding(sample_rate=48_000, channels=2, bitrate=64_000),
-        layout=Layout(), fill_type=FillType.LAST_FRAME, sinks=[sink], t0=time.monotonic(),
-    )
-    pipeline.update(
-        participants=[Participant(user_id=p.user_id, video=frozenset({TrackKind.MAIN})) for p in snapshot.participants],
-        video={k: s for k, s in subs.items() if k[1] is TrackKind.MAIN},
-        audio={k[0]: s for k, s in subs.items() if k[1] is TrackKind.AUDIO},
-    )
+    pipeline, _ = mix_room(room, out.parent, out.stem)
     stop_mix = threading.Event()
     mixer = threading.Thread(target=pipeline.run, args=(stop_mix,), daemon=True)
     mixer.start()

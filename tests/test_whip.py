@@ -153,14 +153,14 @@ def file_access_units(path: Path) -> list[bytes]:
         return [bytes(p) for p in c.demux(c.streams.video[0]) if p.size]
 
 
-async def publish_h264(base: str, sample: Path, user: str = "alice") -> tuple[RTCPeerConnection, list[MediaPlayer], httpx.Response]:
+async def publish_h264(base: str, sample: Path, user: str = "alice", extra: str = "") -> tuple[RTCPeerConnection, list[MediaPlayer], httpx.Response]:
     pc = client_pc()
     video = MediaPlayer(str(sample), decode=False)  # the file's own H.264 access units
     audio = MediaPlayer(str(sample))  # decoded, and encoded to Opus by aiortc
     assert video.video is not None and audio.audio is not None
     pc.addTrack(video.video)
     pc.addTrack(audio.audio)
-    reply = await post_offer(whip_url(base, user), pc)
+    reply = await post_offer(whip_url(base, user, extra), pc)
     return pc, [video, audio], reply
 
 
@@ -273,16 +273,6 @@ async def test_vp8_publish_when_no_h264_offered(sample_mp4: Path) -> None:
     assert isinstance(frames[0], av.VideoFrame) and frames[0].height == 240
 
 
-async def publish_h264_as(base: str, sample: Path, user: str, extra: str = "") -> tuple[RTCPeerConnection, list[MediaPlayer], httpx.Response]:
-    pc = client_pc()
-    video = MediaPlayer(str(sample), decode=False)
-    audio = MediaPlayer(str(sample))
-    assert video.video is not None and audio.audio is not None
-    pc.addTrack(video.video)
-    pc.addTrack(audio.audio)
-    return pc, [video, audio], await post_offer(whip_url(base, user, extra), pc)
-
-
 async def close_all(pcs: list[RTCPeerConnection], players: list[MediaPlayer]) -> None:
     for pc in pcs:
         await pc.close()
@@ -296,8 +286,8 @@ async def test_camera_and_screen_share_are_two_sessions_and_removal_hangs_up(sam
     registry = RoomRegistry()
     gateway = WebRtcGateway(registry, media_timeout=MEDIA_TIMEOUT)
     async with serving(gateway) as base:
-        cam_pc, cam_players, cam = await publish_h264_as(base, sample_ts, "erin")
-        scr_pc, scr_players, scr = await publish_h264_as(base, sample_ts, "erin", "&streamtype=aux")
+        cam_pc, cam_players, cam = await publish_h264(base, sample_ts, "erin")
+        scr_pc, scr_players, scr = await publish_h264(base, sample_ts, "erin", "&streamtype=aux")
         try:
             assert cam.status_code == 201 and scr.status_code == 201, (cam.text, scr.text)
             room = registry.find(KEY)
