@@ -24,6 +24,7 @@ from cloudrec.core.layout import Participant
 from cloudrec.core.rooms import RoomKey
 from cloudrec.core.spec import AudioEncoding, FillType, Layout, TrackKind, VideoEncoding
 from cloudrec.media.mixed import MixedPipeline
+from cloudrec.output.target import SinkTarget
 from cloudrec.output.mp4 import Mp4Sink
 from cloudrec.rooms.ingest import IngestPublisher
 from cloudrec.rooms.registry import Room, RoomRegistry
@@ -47,7 +48,9 @@ def mix_room(room: Room, directory: Path, name: str) -> tuple[MixedPipeline, Mp4
     """A 2×2 720p15 mix of everyone now in `room` into `directory/name…mp4` (not started)."""
     snapshot = room.snapshot()
     subs = {(p.user_id, k): t.subscribe() for p in snapshot.participants for k, t in p.tracks.items()}
-    sink = Mp4Sink(directory, name, None, user_id="", media="mix", wall0_ms=int(time.time() * 1000), max_seconds=86400.0)
+    target = SinkTarget(directory=directory, base=name, track_type=None, user_id="", media="mix",
+                        wall0_ms=int(time.time() * 1000))
+    sink = Mp4Sink(target, max_seconds=86400.0)
     pipeline = MixedPipeline(
         video=VideoEncoding(width=W, height=H, fps=FPS, bitrate=BITRATE, gop_seconds=2),
         audio=AudioEncoding(sample_rate=48_000, channels=2, bitrate=64_000),

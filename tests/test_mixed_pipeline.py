@@ -17,6 +17,7 @@ from cloudrec.core.layout import Participant
 from cloudrec.core.media import MediaUnit, StreamInfo
 from cloudrec.core.spec import AudioEncoding, FillType, Layout, LayoutMode, Pane, TrackKind, VideoEncoding
 from cloudrec.media.mixed import MixedPipeline
+from cloudrec.output.target import SinkTarget
 from cloudrec.output.mp4 import Mp4Sink
 
 SRC_W, SRC_H, FPS = 640, 360, 15
@@ -214,7 +215,8 @@ def peaks(audio: np.ndarray, rate: int, count: int) -> list[float]:
 
 
 def make_sink(tmp_path: Path) -> Mp4Sink:
-    return Mp4Sink(tmp_path, "mix", None, user_id="", media="mix", wall0_ms=0, max_seconds=3600)
+    return Mp4Sink(SinkTarget(directory=tmp_path, base="mix", track_type=None, user_id="", media="mix", wall0_ms=0),
+                   max_seconds=3600)
 
 
 def participants(users: list[str]) -> list[Participant]:

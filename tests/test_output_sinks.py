@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
@@ -24,6 +25,7 @@ from cloudrec.errors import InvalidRequest
 from cloudrec.output.audio import AudioFileSink
 from cloudrec.output.factory import SinkFactory, make_sinks
 from cloudrec.output.hls import HlsSink
+from cloudrec.output.target import SinkTarget
 from cloudrec.output.mp4 import Mp4Sink
 
 WALL0_MS = 2_000_000_000_000  # 2033-05-18
@@ -33,6 +35,12 @@ SEGMENT_RE = re.compile(re.escape(BASE) + r"_video_(\d{17})\.ts$")
 
 # ---------------------------------------------------------------------------------------------
 # Test media (shared with test_single_pipeline.py)
+
+
+def target(directory: Path, track_type: str | None, on_event: Callable[[FileEvent], None] | None = None, *,
+           wall0_ms: int = WALL0_MS) -> SinkTarget:
+    return SinkTarget(directory=directory, base=BASE, track_type=track_type, user_id="u1", media="main",
+                      wall0_ms=wall0_ms, on_event=on_event)
 
 
 def encode_media(
@@ -223,9 +231,7 @@ def playlist_segments(path: Path) -> list[str]:
 def test_hls_segments_avcc_and_annexb(tmp_path: Path, media: dict[str, Path], source: str) -> None:
     video, audio = demux_units(media[source])
     events: list[FileEvent] = []
-    sink = HlsSink(
-        tmp_path, BASE, "video", user_id="u1", media="main", wall0_ms=WALL0_MS, segment_seconds=2.0, on_event=events.append
-    )
+    sink = HlsSink(target(tmp_path, "video", events.append), segment_seconds=2.0)
     feed(sink, video, audio)
 
     playlist = tmp_path / naming.playlist_name(BASE, "video")
@@ -272,7 +278,7 @@ def test_hls_segments_avcc_and_annexb(tmp_path: Path, media: dict[str, Path], so
 
 def test_hls_playlist_lists_only_complete_segments(tmp_path: Path, media: dict[str, Path]) -> None:
     video, audio = demux_units(media["mp4"])
-    sink = HlsSink(tmp_path, BASE, "video", user_id="u1", media="main", wall0_ms=WALL0_MS, segment_seconds=2.0)
+    sink = HlsSink(target(tmp_path, "video"), segment_seconds=2.0)
     sink.open([video[0].info, audio[0].info])
     playlist = tmp_path / naming.playlist_name(BASE, "video")
     for index, unit in interleave(video, audio):
@@ -291,7 +297,7 @@ def test_hls_playlist_lists_only_complete_segments(tmp_path: Path, media: dict[s
 
 def test_hls_audio_only_cuts_at_target(tmp_path: Path, media: dict[str, Path]) -> None:
     _, audio = demux_units(media["mp4"])
-    sink = HlsSink(tmp_path, BASE, "audio", user_id="u1", media="main", wall0_ms=WALL0_MS, segment_seconds=3.0)
+    sink = HlsSink(target(tmp_path, "audio"), segment_seconds=3.0)
     feed(sink, [], audio)
     playlist = tmp_path / naming.playlist_name(BASE, "audio")
     names = playlist_segments(playlist)
@@ -318,9 +324,7 @@ def test_mp4_stream_copy(tmp_path: Path, media: dict[str, Path], source: str) ->
         ainfo = complete_info(audio[0].info, audio[0])
         audio = [replace(u, info=ainfo) for u in audio]
     events: list[FileEvent] = []
-    sink = Mp4Sink(
-        tmp_path, BASE, None, user_id="u1", media="main", wall0_ms=WALL0_MS, max_seconds=3600, on_event=events.append
-    )
+    sink = Mp4Sink(target(tmp_path, None, events.append), max_seconds=3600)
     feed(sink, video, audio)
     path = tmp_path / naming.file_name(BASE, None, 1, "mp4")
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
@@ -337,9 +341,7 @@ def test_mp4_stream_copy(tmp_path: Path, media: dict[str, Path], source: str) ->
 def test_mp4_rotation_by_duration(tmp_path: Path, media: dict[str, Path]) -> None:
     video, audio = demux_units(media["mp4"])
     events: list[FileEvent] = []
-    sink = Mp4Sink(
-        tmp_path, BASE, None, user_id="u1", media="main", wall0_ms=WALL0_MS, max_seconds=3.0, on_event=events.append
-    )
+    sink = Mp4Sink(target(tmp_path, None, events.append), max_seconds=3.0)
     feed(sink, video, audio)
     names = [naming.file_name(BASE, None, i, "mp4") for i in (1, 2, 3, 4)]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)
@@ -360,7 +362,7 @@ def test_mp4_rotation_by_duration(tmp_path: Path, media: dict[str, Path]) -> Non
 def test_mp4_rotation_by_size(tmp_path: Path, media: dict[str, Path]) -> None:
     video, audio = demux_units(media["mp4"])
     size = sum(len(u.data) for u in video + audio)
-    sink = Mp4Sink(tmp_path, BASE, None, user_id="u1", media="main", wall0_ms=WALL0_MS, max_seconds=3600, max_bytes=size // 3)
+    sink = Mp4Sink(target(tmp_path, None), max_seconds=3600, max_bytes=size // 3)
     feed(sink, video, audio)
     files = sorted(tmp_path.iterdir())
     assert len(files) in (3, 4)
@@ -369,7 +371,7 @@ def test_mp4_rotation_by_size(tmp_path: Path, media: dict[str, Path]) -> None:
 
 def test_truncated_fragmented_mp4_still_plays(tmp_path: Path, media: dict[str, Path]) -> None:
     video, audio = demux_units(media["mp4"])
-    sink = Mp4Sink(tmp_path / "out", BASE, None, user_id="u1", media="main", wall0_ms=WALL0_MS, max_seconds=3600)
+    sink = Mp4Sink(target(tmp_path / "out", None), max_seconds=3600)
     feed(sink, video, audio)
     full = tmp_path / "out" / naming.file_name(BASE, None, 1, "mp4")
     cut = tmp_path / "killed.mp4"
@@ -389,9 +391,7 @@ def test_truncated_fragmented_mp4_still_plays(tmp_path: Path, media: dict[str, P
 @pytest.mark.parametrize("source", ["mp4", "ts"])
 def test_aac_file(tmp_path: Path, media: dict[str, Path], source: str) -> None:
     video, audio = demux_units(media[source])
-    sink = AudioFileSink(
-        tmp_path, BASE, "audio", codec="aac", user_id="u1", media="main", wall0_ms=WALL0_MS, max_seconds=4.0
-    )
+    sink = AudioFileSink(target(tmp_path, "audio"), codec="aac", max_seconds=4.0)
     feed(sink, [], audio)
     names = [naming.file_name(BASE, "audio", i, "aac") for i in (1, 2, 3)]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)
@@ -405,7 +405,7 @@ def test_aac_file(tmp_path: Path, media: dict[str, Path], source: str) -> None:
 
 def test_mp3_file(tmp_path: Path, media: dict[str, Path]) -> None:
     _, audio = demux_units(media["mp3"])
-    sink = AudioFileSink(tmp_path, BASE, None, codec="mp3", user_id="u1", media="main", wall0_ms=WALL0_MS, max_seconds=3600)
+    sink = AudioFileSink(target(tmp_path, None), codec="mp3", max_seconds=3600)
     feed(sink, [], audio)
     info = probe(tmp_path / naming.file_name(BASE, None, 1, "mp3"))
     assert info["acodec"] == "mp3" and abs(float(info["adur"]) - 6.0) <= 0.5 and float(info["rms"]) > 0.1
@@ -419,18 +419,7 @@ def _make(outputs: frozenset[Container], tmp_path: Path, **kw: bool) -> list[obj
     args: dict[str, Any] = {"has_video": True, "has_audio": True}
     args.update(kw)
     return list(
-        make_sinks(
-            outputs,
-            directory=tmp_path,
-            base=BASE,
-            track_type=None,
-            user_id="u1",
-            media="main",
-            wall0_ms=WALL0_MS,
-            max_file_seconds=60,
-            on_event=None,
-            **args,
-        )
+        make_sinks(outputs, target(tmp_path, None), max_file_seconds=60, **args)
     )
 
 
@@ -453,15 +442,8 @@ def test_factory_compatibility_table(tmp_path: Path) -> None:
 
 def test_sink_factory_continues_indexes(tmp_path: Path, media: dict[str, Path]) -> None:
     video, audio = demux_units(media["mp4"])
-    factory = SinkFactory(
-        frozenset({Container.MP4, Container.HLS}),
-        directory=tmp_path,
-        base=BASE,
-        track_type=None,
-        user_id="u1",
-        media="main",
-        max_file_seconds=3600,
-    )
+    factory = SinkFactory(frozenset({Container.MP4, Container.HLS}), target(tmp_path, None, wall0_ms=0),
+                          max_file_seconds=3600)
     streams = [video[0].info, audio[0].info]
     for n in range(2):
         sinks = factory(streams, WALL0_MS + n * 20_000)

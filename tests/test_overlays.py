@@ -25,6 +25,7 @@ from cloudrec.media.mixed import MixedPipeline
 from cloudrec.media.overlay import Fonts, Overlays, timestamp_text
 from cloudrec.media.picture import Picture
 from cloudrec.output.hls import HlsSink
+from cloudrec.output.target import SinkTarget
 from tests.test_mixed_pipeline import (
     COLOURS, FPS, Feeder, QueueSource, close_to, make_sink, participants, read_output, source_media,
 )
@@ -277,7 +278,8 @@ def test_pipeline_h265_into_mp4_and_hls(tmp_path: Path) -> None:
     vsrc, asrc = [QueueSource() for _ in range(2)], [QueueSource() for _ in range(2)]
     feeder = Feeder([(source_media(i), vsrc[i], asrc[i], t0, 1e10) for i in range(2)])
     mp4 = make_sink(tmp_path)
-    hls = HlsSink(tmp_path, "mix", None, user_id="", media="mix", wall0_ms=0, segment_seconds=1.0)
+    hls = HlsSink(SinkTarget(directory=tmp_path, base="mix", track_type=None, user_id="", media="mix", wall0_ms=0),
+                  segment_seconds=1.0)
     pipe = MixedPipeline(video=VideoEncoding(width=W, height=H, fps=FPS, gop_seconds=1, codec="h265"),
                          audio=AudioEncoding(), layout=Layout(mode=LayoutMode.GRID), fill_type=FillType.LAST_FRAME,
                          sinks=[mp4, hls], t0=t0)

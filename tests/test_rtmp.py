@@ -22,6 +22,7 @@ import pytest
 from cloudrec.core.media import MediaUnit, StreamInfo
 from cloudrec.core.rooms import RoomIdType, RoomKey
 from cloudrec.core.spec import TrackKind
+from cloudrec.output.target import SinkTarget
 from cloudrec.output.mp4 import Mp4Sink
 from cloudrec.rooms.registry import RoomRegistry, TrackSubscriber
 from cloudrec.rooms.rtmp import (
@@ -231,7 +232,8 @@ async def test_ffmpeg_publisher_joins_streams_in_real_time_and_records(
         assert abs(near[0] - src) > 0.05 or abs(float(g.unit.dts * g.unit.info.time_base) - src - near[1]) < 0.0021
 
     # What a recorder makes of it: an MP4 stream copy that plays with the clip's duration.
-    sink = Mp4Sink(tmp_path, "alice", None, user_id="alice", media="main", wall0_ms=0, max_seconds=3600)
+    sink = Mp4Sink(SinkTarget(directory=tmp_path, base="alice", track_type=None, user_id="alice", media="main", wall0_ms=0),
+                   max_seconds=3600)
     sink.open([vinfo, ainfo])
     merged = sorted([(float(g.unit.dts * g.unit.info.time_base), 0, g.unit) for g in video]
                     + [(float(g.unit.dts * g.unit.info.time_base), 1, g.unit) for g in audio], key=lambda x: x[:2])

@@ -14,6 +14,7 @@ from cloudrec.core.media import FileEvent, MediaUnit, PacketSink, StreamInfo
 from cloudrec.core.spec import AudioEncoding, Container, VideoEncoding
 from cloudrec.media.single import SinglePipeline
 from cloudrec.output.factory import SinkFactory
+from cloudrec.output.target import SinkTarget
 from tests.test_output_sinks import BASE, demux_units, encode_media, playlist_segments, probe
 
 ROOM_T0 = 5000.0  # the room clock (monotonic seconds) when the test media starts
@@ -51,17 +52,9 @@ def run_pipeline(
     max_file_seconds: float = 3600,
 ) -> tuple[SinglePipeline, list[FileEvent], SinkFactory]:
     events: list[FileEvent] = []
-    factory = SinkFactory(
-        outputs,
-        directory=tmp_path,
-        base=BASE,
-        track_type=track_type,
-        user_id="u1",
-        media="main",
-        max_file_seconds=max_file_seconds,
-        on_event=events.append,
-        segment_seconds=2.0,
-    )
+    target = SinkTarget(directory=tmp_path, base=BASE, track_type=track_type, user_id="u1", media="main", wall0_ms=0,
+                        on_event=events.append)
+    factory = SinkFactory(outputs, target, max_file_seconds=max_file_seconds, segment_seconds=2.0)
 
     def sinks_factory(streams: list[StreamInfo], begin_ms: int) -> list[PacketSink]:
         return factory(streams, begin_ms)
@@ -203,10 +196,9 @@ def test_audio_only_aac_and_rotation(tmp_path: Path, sources: dict[str, Path]) -
 def test_video_only_and_stop_event(tmp_path: Path, sources: dict[str, Path]) -> None:
     video, _ = demux_units(sources["small"], offset=ROOM_T0)
     events: list[FileEvent] = []
-    factory = SinkFactory(
-        frozenset({Container.MP4}), directory=tmp_path, base=BASE, track_type="video", user_id="u1", media="main",
-        max_file_seconds=3600, on_event=events.append,
-    )
+    target = SinkTarget(directory=tmp_path, base=BASE, track_type="video", user_id="u1", media="main", wall0_ms=0,
+                        on_event=events.append)
+    factory = SinkFactory(frozenset({Container.MP4}), target, max_file_seconds=3600)
 
     class Endless(ListSource):
         def drain(self) -> list[MediaUnit]:

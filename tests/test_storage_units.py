@@ -24,6 +24,7 @@ from cloudrec.core.spec import RecordingSpec, RecordMode, StorageTarget
 from cloudrec.core.states import TaskKind, TaskState
 from cloudrec.core.tasks import FileRecord, TaskRecord
 from cloudrec.output.hls import HlsSink
+from cloudrec.output.target import SinkTarget
 from cloudrec.output.mp4 import Mp4Sink
 from cloudrec.storage.base import StorageFailure
 from cloudrec.storage.local import LocalStore
@@ -155,9 +156,9 @@ async def test_split_files_reach_the_bucket_with_a8_names(moto: str, tmp_path: P
     events: list[FileEvent] = []
     wall0 = int(now * 1000)
     base = "1400123456_12345"
-    sinks = [Mp4Sink(dest.spool, base, None, user_id="", media="mix", wall0_ms=wall0, max_seconds=3.0, on_event=events.append),
-             HlsSink(dest.spool, base, None, user_id="", media="mix", wall0_ms=wall0, segment_seconds=2.0,
-                     on_event=events.append)]
+    target = SinkTarget(directory=dest.spool, base=base, track_type=None, user_id="", media="mix", wall0_ms=wall0,
+                        on_event=events.append)
+    sinks = [Mp4Sink(target, max_seconds=3.0), HlsSink(target, segment_seconds=2.0)]
     video, audio = demux_units(encode_media(tmp_path / "src.mp4", seconds=10.0))
     for sink in sinks:
         sink.open([video[0].info, audio[0].info])

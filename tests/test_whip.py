@@ -33,6 +33,7 @@ from cloudrec.core.media import MediaUnit
 from cloudrec.core.rooms import RoomIdType, RoomKey
 from cloudrec.core.spec import TrackKind
 from cloudrec.media.decode import Decoder
+from cloudrec.output.target import SinkTarget
 from cloudrec.output.mp4 import Mp4Sink
 from cloudrec.rooms.ingest import IngestPublisher
 from cloudrec.rooms.registry import RoomRegistry, TrackSubscriber
@@ -221,7 +222,8 @@ async def test_h264_publish_is_stream_copied_and_records(tmp_path: Path, sample_
     assert pcm.size > 48_000 and float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2))) > 0.02
     assert abs(audio[0].seconds - video[0].seconds) < 0.5
     # recording it: a playable MP4 with the same SPS (no re-encode) and the right duration
-    sink = Mp4Sink(tmp_path, "alice", None, user_id="alice", media="main", wall0_ms=0, max_seconds=3600)
+    sink = Mp4Sink(SinkTarget(directory=tmp_path, base="alice", track_type=None, user_id="alice", media="main", wall0_ms=0),
+                   max_seconds=3600)
     sink.open([video[0].info, audio[0].info])
     for index, unit in sorted([(0, u) for u in video] + [(1, u) for u in audio], key=lambda iu: iu[1].seconds):
         sink.write(index, unit)

@@ -8,17 +8,17 @@ playlist of the previous one instead of overwriting them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from functools import partial
-from pathlib import Path
 
-from cloudrec.core.media import FileEvent, PacketSink, StreamInfo
+from cloudrec.core.media import PacketSink, StreamInfo
 from cloudrec.core.spec import Container
 from cloudrec.errors import InvalidRequest
 from cloudrec.output.audio import AudioFileSink
 from cloudrec.output.hls import HlsSink
 from cloudrec.output.mp4 import MAX_FILE_BYTES, Mp4Sink, RotatingFileSink
+from cloudrec.output.target import SinkTarget
 
 logger = logging.getLogger(__name__)
 
@@ -70,17 +70,11 @@ def check_outputs(
 
 def make_sinks(
     outputs: frozenset[Container],
+    target: SinkTarget,
     *,
-    directory: Path,
-    base: str,
-    track_type: str | None,
-    user_id: str,
-    media: str,
-    wall0_ms: int,
     max_file_seconds: float,
     has_video: bool,
     has_audio: bool,
-    on_event: Callable[[FileEvent], None] | None,
     video_codec: str = "h264",
     audio_codec: str = "aac",
     extract_audio: bool = False,
@@ -105,50 +99,12 @@ def make_sinks(
     sinks: list[PacketSink] = []
     for output in sorted(outputs, key=list(Container).index):
         if output is Container.HLS:
-            sinks.append(
-                HlsSink(
-                    directory,
-                    base,
-                    track_type,
-                    user_id=user_id,
-                    media=media,
-                    wall0_ms=wall0_ms,
-                    segment_seconds=segment_seconds,
-                    on_event=on_event,
-                    continue_from=continue_hls,
-                )
-            )
+            sinks.append(HlsSink(target, segment_seconds=segment_seconds, continue_from=continue_hls))
         elif output is Container.MP4:
-            sinks.append(
-                Mp4Sink(
-                    directory,
-                    base,
-                    track_type,
-                    user_id=user_id,
-                    media=media,
-                    wall0_ms=wall0_ms,
-                    max_seconds=max_file_seconds,
-                    max_bytes=max_file_bytes,
-                    first_index=first_index,
-                    on_event=on_event,
-                )
-            )
+            sinks.append(Mp4Sink(target, max_seconds=max_file_seconds, max_bytes=max_file_bytes, first_index=first_index))
         else:
-            sinks.append(
-                AudioFileSink(
-                    directory,
-                    base,
-                    track_type,
-                    codec=audio_codec,
-                    user_id=user_id,
-                    media=media,
-                    wall0_ms=wall0_ms,
-                    max_seconds=max_file_seconds,
-                    max_bytes=max_file_bytes,
-                    first_index=first_index,
-                    on_event=on_event,
-                )
-            )
+            sinks.append(AudioFileSink(target, codec=audio_codec, max_seconds=max_file_seconds, max_bytes=max_file_bytes,
+                                       first_index=first_index))
     return sinks
 
 
@@ -162,23 +118,17 @@ class SinkFactory:
     def __init__(
         self,
         outputs: frozenset[Container],
+        target: SinkTarget,
         *,
-        directory: Path,
-        base: str,
-        track_type: str | None,
-        user_id: str,
-        media: str,
         max_file_seconds: float,
-        on_event: Callable[[FileEvent], None] | None = None,
         extract_audio: bool = False,
         segment_seconds: float = 4.0,
         max_file_bytes: int = MAX_FILE_BYTES,
     ) -> None:
-        self._make = partial(
-            make_sinks, outputs, directory=directory, base=base, track_type=track_type, user_id=user_id, media=media,
-            max_file_seconds=max_file_seconds, on_event=on_event, extract_audio=extract_audio,
-            segment_seconds=segment_seconds, max_file_bytes=max_file_bytes,
-        )
+        """`target.wall0_ms` is replaced by each set's begin time."""
+        self._target = target
+        self._make = partial(make_sinks, outputs, max_file_seconds=max_file_seconds, extract_audio=extract_audio,
+                             segment_seconds=segment_seconds, max_file_bytes=max_file_bytes)
         self.sets: list[list[PacketSink]] = []
 
     def __call__(self, streams: Sequence[StreamInfo], begin_unix_ms: int) -> list[PacketSink]:
@@ -188,7 +138,7 @@ class SinkFactory:
         next_index = 1 + max((s.index for s in previous if isinstance(s, RotatingFileSink)), default=0)
         hls = next((s for s in previous if isinstance(s, HlsSink)), None)
         sinks = self._make(
-            wall0_ms=begin_unix_ms,
+            replace(self._target, wall0_ms=begin_unix_ms),
             has_video=bool(video),
             has_audio=bool(audio),
             video_codec=video[0].codec if video else "h264",

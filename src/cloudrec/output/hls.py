@@ -18,18 +18,18 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 
 import av
 from av.container import OutputContainer
 from av.stream import Stream
 
 from cloudrec.core import naming
-from cloudrec.core.media import FileEvent, MediaUnit, PacketSink, StreamInfo
-from cloudrec.output.mp4 import declare_stream, make_packet, track_type_of, unit_end_seconds, unit_seconds
+from cloudrec.core.media import MediaUnit, PacketSink, StreamInfo
+from cloudrec.output.mp4 import declare_stream, make_packet, unit_end_seconds, unit_seconds
+from cloudrec.output.target import SinkTarget
 
 logger = logging.getLogger(__name__)
 
@@ -78,28 +78,16 @@ class HlsSink(PacketSink):
 
     def __init__(
         self,
-        directory: Path,
-        base: str,
-        track_type: str | None,
+        target: SinkTarget,
         *,
-        user_id: str,
-        media: str,
-        wall0_ms: int,
         segment_seconds: float = 4.0,
-        on_event: Callable[[FileEvent], None] | None = None,
         continue_from: HlsSink | None = None,
     ) -> None:
         """`continue_from`: a closed sink of the same playlist whose segments this one extends
         (after a stream change); the first new segment is marked as a discontinuity."""
-        self.directory = Path(directory)
-        self.base = base
-        self.track_type = track_type
-        self.user_id = user_id
-        self.media = media
-        self.wall0_ms = wall0_ms
+        self.target = target
         self.segment_seconds = segment_seconds
-        self.on_event = on_event
-        self.playlist = naming.playlist_name(base, track_type)
+        self.playlist = naming.playlist_name(target.base, target.track_type)
         self.segments: list[Segment] = []
         self.dropped = 0
         self.errors = 0
@@ -122,7 +110,7 @@ class HlsSink(PacketSink):
             self._discontinuity = True
 
     def open(self, streams: Sequence[StreamInfo]) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.target.directory.mkdir(parents=True, exist_ok=True)
         self._streams = list(streams)
         self._has_video = any(s.kind.is_video for s in self._streams)
 
@@ -148,18 +136,18 @@ class HlsSink(PacketSink):
         self._finish_segment(None)
         if self._start_ms is not None:
             self._write_playlist(ended=True)
-            end_ms = self.wall0_ms + round(self._seg_end * 1000) if self.segments else self._start_ms
+            end_ms = self.target.unix_ms(self._seg_end) if self.segments else self._start_ms
             logger.info("playlist finished", extra={"file": self.playlist, "segments": len(self.segments)})
             self._emit(self.playlist, "playlist", self._start_ms, end_ms, final=True)
 
     # -- internals -------------------------------------------------------------------------------
     def _start_segment(self, t: float) -> None:
-        begin_ms = self.wall0_ms + round(t * 1000)
-        self._seg_name = naming.segment_name(self.base, self.track_type, begin_ms)
+        begin_ms = self.target.unix_ms(t)
+        self._seg_name = naming.segment_name(self.target.base, self.target.track_type, begin_ms)
         # A constant offset for every segment (as FFmpeg's HLS muxer does): the first units of a mix have
         # negative dts (B-frame delay), and the muxer would shift only the first segment to avoid them,
         # putting a jump of a few frames into the timeline at the first segment boundary.
-        container = av.open(str(self.directory / self._seg_name), "w", format="mpegts",
+        container = av.open(str(self.target.directory / self._seg_name), "w", format="mpegts",
                             options={"output_ts_offset": TS_OFFSET_SECONDS})
         assert isinstance(container, OutputContainer)
         self._out = [declare_stream(container, info) for info in self._streams]
@@ -201,8 +189,8 @@ class HlsSink(PacketSink):
             logger.warning("segment not finalized", extra={"file": self._seg_name, "error": str(exc)})
         end = next_start if next_start is not None else self._seg_end
         self._seg_end = end
-        begin_ms = self.wall0_ms + round(self._seg_start * 1000)
-        end_ms = self.wall0_ms + round(end * 1000)
+        begin_ms = self.target.unix_ms(self._seg_start)
+        end_ms = self.target.unix_ms(end)
         self.segments.append(
             Segment(
                 name=self._seg_name,
@@ -218,23 +206,10 @@ class HlsSink(PacketSink):
     def _write_playlist(self, *, ended: bool) -> None:
         assert self._start_ms is not None
         text = render_playlist(self.segments, start_ms=self._start_ms, target=self.segment_seconds, ended=ended)
-        path = self.directory / self.playlist
+        path = self.target.directory / self.playlist
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
 
     def _emit(self, name: str, kind: str, begin_ms: int, end_ms: int | None, *, final: bool) -> None:
-        if self.on_event is None:
-            return
-        self.on_event(
-            FileEvent(
-                name=name,
-                kind=kind,
-                track_type=track_type_of(self._streams, self.track_type),
-                user_id=self.user_id,
-                media=self.media,
-                begin_ms=begin_ms,
-                end_ms=end_ms,
-                final=final,
-            )
-        )
+        self.target.report(self._streams, name, kind, begin_ms, end_ms, final=final)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
@@ -31,7 +31,8 @@ from av.video.codeccontext import VideoCodecContext
 
 from cloudrec.core import naming
 from cloudrec.core.h264 import annexb_nals, is_annexb
-from cloudrec.core.media import FileEvent, MediaUnit, PacketSink, StreamInfo
+from cloudrec.core.media import MediaUnit, PacketSink, StreamInfo
+from cloudrec.output.target import SinkTarget
 
 logger = logging.getLogger(__name__)
 
@@ -154,14 +155,6 @@ def unit_end_seconds(unit: MediaUnit) -> float:
     return float((unit.pts + max(unit.duration, 0)) * unit.info.time_base)
 
 
-def track_type_of(streams: Sequence[StreamInfo], track_type: str | None) -> str:
-    if track_type:
-        return track_type
-    video = any(s.kind.is_video for s in streams)
-    audio = any(not s.kind.is_video for s in streams)
-    return "audio_video" if video and audio else ("video" if video else "audio")
-
-
 # ---------------------------------------------------------------------------------------------
 # Rotating file sinks
 
@@ -179,28 +172,16 @@ class RotatingFileSink(PacketSink):
 
     def __init__(
         self,
-        directory: Path,
-        base: str,
-        track_type: str | None,
+        target: SinkTarget,
         *,
-        user_id: str,
-        media: str,
-        wall0_ms: int,
         max_seconds: float,
         max_bytes: int = MAX_FILE_BYTES,
         first_index: int = 1,
-        on_event: Callable[[FileEvent], None] | None = None,
     ) -> None:
-        self.directory = Path(directory)
-        self.base = base
-        self.track_type = track_type
-        self.user_id = user_id
-        self.media = media
-        self.wall0_ms = wall0_ms
+        self.target = target
         self.max_seconds = max_seconds
         self.max_bytes = max_bytes
         self.index = first_index - 1
-        self.on_event = on_event
         self.files: list[str] = []
         self.dropped = 0
         self.errors = 0
@@ -227,7 +208,7 @@ class RotatingFileSink(PacketSink):
 
     # -- PacketSink ------------------------------------------------------------------------------
     def open(self, streams: Sequence[StreamInfo]) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.target.directory.mkdir(parents=True, exist_ok=True)
         for i, info in enumerate(streams):
             if self.accepts(info):
                 self._map[i] = len(self._streams)
@@ -268,14 +249,14 @@ class RotatingFileSink(PacketSink):
     def _start_file(self, t: float, ours: int, unit: MediaUnit) -> None:
         self._streams[ours] = complete_info(self._streams[ours], unit)
         self.index += 1
-        self._name = naming.file_name(self.base, self.track_type, self.index, self.extension)
-        path = self.directory / self._name
+        self._name = naming.file_name(self.target.base, self.target.track_type, self.index, self.extension)
+        path = self.target.directory / self._name
         container = av.open(str(path), "w", format=self.format_name, options=dict(self.container_options))
         assert isinstance(container, OutputContainer)
         self._out = [declare_stream(container, info) for info in self._streams]
         self._container = container
         self._offset = t
-        self._begin_ms = self.wall0_ms + round(t * 1000)
+        self._begin_ms = self.target.unix_ms(t)
         self._end_s = t
         self._bytes = 0
         self._last_dts = {}
@@ -314,30 +295,17 @@ class RotatingFileSink(PacketSink):
             container.close()
         except (av.error.FFmpegError, OSError) as exc:
             logger.warning("file not finalized", extra={"file": self._name, "error": str(exc)})
-        end_ms = self.wall0_ms + round(self._end_s * 1000)
+        end_ms = self.target.unix_ms(self._end_s)
         logger.info("file finished", extra={"file": self._name, "end_ms": end_ms})
         self._emit(end_ms=end_ms, final=True)
 
     def _emit(self, *, end_ms: int | None, final: bool) -> None:
-        if self.on_event is None:
-            return
-        self.on_event(
-            FileEvent(
-                name=self._name,
-                kind="file",
-                track_type=track_type_of(self._streams, self.track_type),
-                user_id=self.user_id,
-                media=self.media,
-                begin_ms=self._begin_ms,
-                end_ms=end_ms,
-                final=final,
-            )
-        )
+        self.target.report(self._streams, self._name, "file", self._begin_ms, end_ms, final=final)
 
     @property
     def path(self) -> Path | None:
         """The file being written now."""
-        return self.directory / self._name if self._container is not None else None
+        return self.target.directory / self._name if self._container is not None else None
 
 
 class Mp4Sink(RotatingFileSink):

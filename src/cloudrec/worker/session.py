@@ -23,7 +23,7 @@ from cloudrec.core import events as ev
 from cloudrec.core import naming
 from cloudrec.core.events import Event, EventKind, UploadTracker
 from cloudrec.core.ingest import IngestSpec
-from cloudrec.core.media import FileEvent, PacketSink
+from cloudrec.core.media import FileEvent
 from cloudrec.core.metrics import Metrics
 from cloudrec.core.records import from_plain
 from cloudrec.core.spec import Container, MediaSelect, RecordingSpec, RecordMode, TrackKind
@@ -33,6 +33,7 @@ from cloudrec.media.mixed import MixedPipeline
 from cloudrec.media.picture import Picture
 from cloudrec.media.single import SinglePipeline
 from cloudrec.output.factory import SinkFactory, make_sinks
+from cloudrec.output.target import SinkTarget
 from cloudrec.rooms.ingest import IngestEnd, IngestPublisher
 from cloudrec.rooms.registry import Room, RoomRegistry, RoomSnapshot, Track, TrackSubscriber
 from cloudrec.storage.playlist import closed
@@ -385,14 +386,9 @@ class RecordingSession(Session):
         if drained:
             self.uploader.wake(self.task.id)
 
-    def _sinks(self, base: str, track_type: str | None, user_id: str, media: str, wall0_ms: int,
-               has_video: bool, has_audio: bool) -> list[PacketSink]:
-        return make_sinks(
-            self.spec.outputs, directory=self.directory, base=base, track_type=track_type, user_id=user_id,
-            media=media, wall0_ms=wall0_ms, max_file_seconds=self.spec.max_file_minutes * 60.0,
-            has_video=has_video, has_audio=has_audio, on_event=self._on_file,
-            segment_seconds=self.config.segment_seconds, extract_audio=True,  # "HLS+AAC": the AAC file takes the audio
-        )
+    def _target(self, base: str, track_type: str | None, user_id: str, media: str, wall0_ms: int = 0) -> SinkTarget:
+        return SinkTarget(directory=self.directory, base=base, track_type=track_type, user_id=user_id, media=media,
+                          wall0_ms=wall0_ms, on_event=self._on_file)
 
     # --- mixed: layout pictures ---------------------------------------------------------------
     def _fetch_pictures(self) -> None:
@@ -453,7 +449,11 @@ class RecordingSession(Session):
         wall0_ms = int(time.time() * 1000)
         # Audio-file outputs only (AAC/MP3): no picture is composed or encoded at all.
         video = spec.stream_type.video and not spec.outputs <= {Container.AAC, Container.MP3}
-        sinks = self._sinks(self.name_prefix + naming.mixed_base(spec.room), None, "", "mix", wall0_ms, video, spec.stream_type.audio)
+        sinks = make_sinks(
+            spec.outputs, self._target(self.name_prefix + naming.mixed_base(spec.room), None, "", "mix", wall0_ms),
+            max_file_seconds=spec.max_file_minutes * 60.0, has_video=video, has_audio=spec.stream_type.audio,
+            segment_seconds=self.config.segment_seconds, extract_audio=True,  # "HLS+AAC": the AAC file takes the audio
+        )
         pipeline = MixedPipeline(
             video=spec.video if video else None,
             audio=spec.audio if spec.stream_type.audio else None,
@@ -506,9 +506,10 @@ class RecordingSession(Session):
             # stream parameters change) files continue (`_2.mp4`, an HLS discontinuity), never overwrite.
             video_kind = TrackKind.AUX if media == "aux" else TrackKind.MAIN
             factory = self.single_factories[key] = SinkFactory(
-                self.spec.outputs, directory=self.directory, base=self.name_prefix + naming.user_base(self.spec.room, user, video_kind),
-                track_type=track_type, user_id=user, media=media, max_file_seconds=self.spec.max_file_minutes * 60.0,
-                on_event=self._on_file, segment_seconds=self.config.segment_seconds, extract_audio=True,
+                self.spec.outputs, self._target(self.name_prefix + naming.user_base(self.spec.room, user, video_kind),
+                                                track_type, user, media),
+                max_file_seconds=self.spec.max_file_minutes * 60.0, segment_seconds=self.config.segment_seconds,
+                extract_audio=True,  # "HLS+AAC": the AAC file takes the audio
             )
         subs = {k: t.subscribe() for k, t in tracks.items()}
         video_sub = next((s for k, s in subs.items() if k.is_video), None)
