@@ -102,6 +102,7 @@ INVALID_CREATE = [
     ({"SdkAppId": 999}, "InvalidParameter.SdkAppId"),
     ({"RoomId": None}, "MissingParameter.RoomId"),
     ({"RoomId": "abc"}, "InvalidParameter.RoomId"),  # RoomIdType 1 needs digits
+    ({"RoomId": "1²"}, "InvalidParameter.RoomId"),  # a digit to str.isdigit(), not to int()
     ({"UserId": None}, "MissingParameter.UserId"),
     ({"UserSig": None}, "MissingParameter.UserSig"),
     ({"UserSig": "garbage"}, "InvalidParameter.UserSig"),

@@ -131,3 +131,6 @@ def test_ingest_validation(server: Server) -> None:
     assert code(RepeatNum=0) == "InvalidParameter.OutOfRange"
     assert code(MaxDuration=20000) == "InvalidParameter.OutOfRange"
     assert code(UserSig=usersig("other")) == "InvalidParameter.UserSig"
+    with pytest.raises(TencentCloudSDKException) as info:  # a running task cannot be pointed at a local file either
+        call(client(server), "UpdateStreamIngest", {"SdkAppId": APP_ID, "TaskId": "nope", "StreamUrl": "file:///etc/passwd"})
+    assert info.value.code == "InvalidParameter"

@@ -34,6 +34,7 @@ from cloudrec.store.sql import SqlTaskStore
 from cloudrec.worker.images import ImageFetcher, ImageLimits
 from cloudrec.worker.scheduler import Worker
 from cloudrec.worker.session import SessionConfig
+from cloudrec.core.ids import is_decimal
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ class Service:
         return Receiver(url=app.callback_url, key=app.callback_key)
 
     def _dev_usersig(self, app_id: str, user_id: str) -> str | None:
-        app = self.settings.app(int(app_id)) if app_id.isdigit() else None
+        app = self.settings.app(int(app_id)) if is_decimal(app_id) else None
         if app is None or not user_id or len(user_id) > 64:
             return None
         return make_usersig(app.id, app.key, user_id, expire=24 * 3600)

@@ -13,3 +13,8 @@ def new_task_id() -> str:
 
 def new_request_id() -> str:
     return str(uuid.uuid4())
+
+
+def is_decimal(text: str) -> bool:
+    """ASCII digits only: `str.isdigit()` also takes "²" and other digits `int()` refuses."""
+    return text.isascii() and text.isdigit()

@@ -27,6 +27,7 @@ from pathlib import Path
 import httpx
 
 from cloudrec.media.picture import MAX_PIXELS, MAX_SIDE, Picture, PictureError
+from cloudrec.core.ids import is_decimal
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ class ImageFetcher:
     async def _body(self, resp: httpx.Response) -> bytes:
         limit = self.limits.max_bytes
         length = resp.headers.get("content-length", "")
-        if length.isdigit() and int(length) > limit:
+        if is_decimal(length) and int(length) > limit:
             raise ImageError(f"larger than {limit} bytes (Content-Length {length})")
         buf = bytearray()
         async for chunk in resp.aiter_raw():

@@ -16,6 +16,7 @@ from typing import Any
 from cloudrec.core.events import CallbackRequest, EventKind, OutboxEvent
 from cloudrec.core.rooms import RoomIdType
 from cloudrec.core.states import StopReason
+from cloudrec.core.ids import is_decimal
 
 EVENT_GROUP = 3
 
@@ -134,7 +135,7 @@ class TrtcCallbacks:
         if event_type is None:
             return None
         room: int | str = ev.room.room_id
-        if ev.room.id_type is RoomIdType.INTEGER and ev.room.room_id.isdigit():
+        if ev.room.id_type is RoomIdType.INTEGER and is_decimal(ev.room.room_id):
             room = int(ev.room.room_id)  # clients see the room id in the type they used
         at_ms = ev.event.at_ms
         body = cjson({

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from cloudrec.dialects.tencent.errors import TencentError
+from cloudrec.core.ids import is_decimal
 
 OUT_OF_RANGE = "InvalidParameter.OutOfRange"
 _TRUE = {"true", "1"}
@@ -50,7 +51,7 @@ class Obj:
             value = raw
         elif isinstance(raw, float) and raw.is_integer():
             value = int(raw)
-        elif isinstance(raw, str) and raw.strip().lstrip("-").isdigit():
+        elif isinstance(raw, str) and is_decimal(raw.strip().removeprefix("-")):
             value = int(raw.strip())
         else:
             raise TencentError(invalid, f"{self._name(name)} must be an integer")
@@ -108,7 +109,7 @@ class Obj:
         raw = self.data.get(name)
         if raw is None:
             return []
-        if isinstance(raw, dict) and all(k.isdigit() for k in raw):  # flattened Name.N that became a dict
+        if isinstance(raw, dict) and all(is_decimal(k) for k in raw):  # flattened Name.N that became a dict
             raw = [raw[k] for k in sorted(raw, key=int)]
         if not isinstance(raw, list):
             raise TencentError("InvalidParameter", f"{self._name(name)} must be an array")

@@ -21,6 +21,7 @@ from cloudrec.dialects.tencent.errors import TencentError
 from cloudrec.dialects.tencent.fields import Obj
 from cloudrec.dialects.tencent.params import COMMON_PARAMS, unflatten
 from cloudrec.dialects.tencent.signing import IncomingRequest, verify_tc3, verify_v1
+from cloudrec.core.ids import is_decimal
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class TencentGateway:
         if region not in self.regions[version]:
             raise TencentError("UnsupportedRegion", f"region {region} is not supported")
         app_key = str(params.get("SdkAppId", ""))
-        rate = self.app_rate(int(app_key)) if app_key.isdigit() else None
+        rate = self.app_rate(int(app_key)) if is_decimal(app_key) else None
         if not self.rate_limiter.allow((app_key or who.secret_id, action), rate):
             raise TencentError("RequestLimitExceeded", "request rate limit exceeded")
         return action, await service.call(action, Obj(params))

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from cloudrec.dialects.tencent.errors import TencentError
+from cloudrec.core.ids import is_decimal
 
 # Common parameters of v1 / query requests (B.3); unflatten keeps them, callers drop them.
 COMMON_PARAMS: frozenset[str] = frozenset(
@@ -66,7 +67,7 @@ def _build(item: _Node | str, path: str) -> Any:
     if isinstance(item, str):
         return item
     keys = item.children.keys()
-    numeric = [k for k in keys if k.isascii() and k.isdigit()]
+    numeric = [k for k in keys if is_decimal(k)]
     if not numeric:
         return {k: _build(v, f"{path}.{k}") for k, v in item.children.items()}
     if len(numeric) != len(keys):

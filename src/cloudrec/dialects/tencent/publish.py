@@ -13,11 +13,12 @@ from dataclasses import dataclass
 
 from cloudrec.control.apps import AppInfo
 from cloudrec.core.rooms import RoomIdType, RoomKey
-from cloudrec.dialects.tencent.trtc import STRING_ROOM_ID
-from cloudrec.dialects.tencent.usersig import UserSigError, verify_private_map_key, verify_usersig
+from cloudrec.core.ids import is_decimal
+from cloudrec.dialects.tencent.admission import AdmissionError, check_user, room_key
 
 logger = logging.getLogger(__name__)
 
+ROOM_ID_TYPES = {"0": RoomIdType.STRING, "1": RoomIdType.INTEGER}  # the `roomidtype` query parameter
 RTMP_APP = "push"  # rtmp://host/push/<RoomId>?sdkappid=…&userid=…&usersig=…
 
 
@@ -46,34 +47,17 @@ class PublisherAuth:
         """Check a publisher's or viewer's credentials for a room; raises PublishDenied."""
         if not usersig:
             raise PublishDenied("missing UserSig", 401)
-        if not app_id.isdigit() or int(app_id) not in self.apps:
+        app = self.apps.get(int(app_id)) if is_decimal(app_id) else None
+        if app is None:
             raise PublishDenied("unknown SdkAppId", 403)
-        app = self.apps[int(app_id)]
-        if not user_id or len(user_id) > 64:
-            raise PublishDenied("bad UserId", 403)
-        id_type = RoomIdType.STRING if room_id_type == "0" else RoomIdType.INTEGER
-        if id_type is RoomIdType.INTEGER:
-            if not room_id.isdigit() or not 1 <= int(room_id) <= 4294967295:
-                raise PublishDenied("RoomId must be a 32-bit integer (or pass roomidtype=0)", 403)
-            room_id = str(int(room_id))
-        elif not STRING_ROOM_ID.match(room_id):
-            raise PublishDenied("bad string RoomId", 403)
-        now = self.clock()
+        id_type = ROOM_ID_TYPES.get(room_id_type or "1")
+        if id_type is None:
+            raise PublishDenied("roomidtype must be 0 (string) or 1 (integer)", 403)
         try:
-            verify_usersig(usersig, sdkappid=app.id, key=app.key, identifier=user_id, now=now)
-        except UserSigError as exc:
-            raise PublishDenied(f"UserSig rejected: {exc.reason}", 401) from exc
-        room = RoomKey(app.id, room_id, id_type)
-        if app.require_private_map_key or private_map_key:
-            if not private_map_key:
-                raise PublishDenied("this app requires a PrivateMapKey", 403)
-            try:
-                ticket = verify_private_map_key(private_map_key, sdkappid=app.id, key=app.key, identifier=user_id, now=now)
-            except UserSigError as exc:
-                raise PublishDenied(f"PrivateMapKey rejected: {exc.reason}", 403) from exc
-            granted = ticket.str_room_id if id_type is RoomIdType.STRING else str(ticket.room_id)
-            if granted != room_id:
-                raise PublishDenied("PrivateMapKey is for another room", 403)
+            room = room_key(app, room_id, id_type)
+            check_user(app, room, user_id, usersig, private_map_key, self.clock())
+        except AdmissionError as exc:
+            raise PublishDenied(exc.reason, 401 if exc.field == "UserSig" else 403) from exc
         return Admission(room=room, user_id=user_id)
 
     def admit_rtmp(self, app: str, stream: str, query: Mapping[str, str]) -> Admission:

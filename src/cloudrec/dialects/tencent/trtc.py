@@ -20,9 +20,9 @@ from cloudrec.core.spec import (
     WatermarkKind,
 )
 from cloudrec.core.states import TaskKind, TaskState
+from cloudrec.dialects.tencent.admission import AdmissionError, check_user, room_key
 from cloudrec.dialects.tencent.errors import TencentError
 from cloudrec.dialects.tencent.fields import OUT_OF_RANGE, Obj
-from cloudrec.dialects.tencent.usersig import UserSigError, verify_private_map_key, verify_usersig
 from cloudrec.errors import CloudrecError, Conflict, LimitReached, NotFound
 
 DIALECT = "trtc"
@@ -43,8 +43,13 @@ _ANY_COLOR = re.compile(r"^(#|0[xX])([0-9A-Fa-f]{6})$")  # WaterMarkChar colours
 _IMAGE_URL = re.compile(r"^https?://[A-Za-z0-9\-._~:/?#\[\]@!&()*+,%=]+$", re.I)
 _CANVAS_MAX = 2560  # WaterMark Top/Left/Width/Height
 _PREFIX = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-STRING_ROOM_ID = re.compile(r"^[A-Za-z0-9 !#$%&()+\-:;<=.>?@\[\]^_{}|~,]{1,64}$")
-_USER = re.compile(r"^[^\x00-\x1f]{1,64}$")
+_BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.\-]{0,126}$")
+_STREAM_URL = re.compile(r"^(https?|rtmp|rtmps|rtsp)://", re.I)  # never file:, concat: or a bare path
+
+
+def _check_stream_url(url: str) -> None:
+    if not _STREAM_URL.match(url):
+        raise TencentError("InvalidParameter", "StreamUrl must be an http(s), rtmp or rtsp URL")
 
 Action = Callable[[Obj], Awaitable[dict[str, Any]]]
 
@@ -105,35 +110,18 @@ class TrtcActions:
         if id_type is None:
             id_type = p.integer("RoomIdType", default=1, choices=(0, 1)) or 0
         room_id = p.req_str("RoomId", missing="MissingParameter.RoomId", invalid="InvalidParameter.RoomId")
-        if id_type == 1:
-            if not room_id.isdigit() or not 1 <= int(room_id) <= 4294967295:
-                raise TencentError("InvalidParameter.RoomId", "RoomId must be a 32-bit integer when RoomIdType is 1")
-            room_id = str(int(room_id))
-        elif not STRING_ROOM_ID.match(room_id):
-            raise TencentError("InvalidParameter.RoomId", "string RoomId must be 1-64 allowed characters")
-        return RoomKey(app.id, room_id, RoomIdType(id_type))
+        try:
+            return room_key(app, room_id, RoomIdType(id_type))
+        except AdmissionError as exc:
+            raise TencentError("InvalidParameter.RoomId", exc.reason) from exc
 
     def check_user(self, p: Obj, app: AppInfo, room: RoomKey) -> str:
         user_id = p.req_str("UserId", missing="MissingParameter.UserId", invalid="InvalidParameter.UserId")
-        if not _USER.match(user_id):
-            raise TencentError("InvalidParameter.UserId", "UserId must be 1-64 printable characters")
         sig = p.req_str("UserSig", missing="MissingParameter.UserSig", invalid="InvalidParameter.UserSig")
-        now = self.clock()
         try:
-            verify_usersig(sig, sdkappid=app.id, key=app.key, identifier=user_id, now=now)
-        except UserSigError as exc:
-            raise TencentError("InvalidParameter.UserSig", "UserSig expired or wrong") from exc
-        pmk = p.string("PrivateMapKey")
-        if app.require_private_map_key or pmk:
-            if not pmk:
-                raise TencentError("InvalidParameter.PrivateMapKey", "this app requires a PrivateMapKey")
-            try:
-                ticket = verify_private_map_key(pmk, sdkappid=app.id, key=app.key, identifier=user_id, now=now)
-            except UserSigError as exc:
-                raise TencentError("InvalidParameter.PrivateMapKey", "PrivateMapKey expired or wrong") from exc
-            wanted = ticket.str_room_id if room.id_type is RoomIdType.STRING else str(ticket.room_id)
-            if wanted != room.room_id:
-                raise TencentError("InvalidParameter.PrivateMapKey", "PrivateMapKey is for another room")
+            check_user(app, room, user_id, sig, p.string("PrivateMapKey"), self.clock())
+        except AdmissionError as exc:
+            raise TencentError(f"InvalidParameter.{exc.field}", exc.reason) from exc
         return user_id
 
     async def _task_id(self, p: Obj) -> tuple[AppInfo, str]:
@@ -241,7 +229,7 @@ class TrtcActions:
         vendor = cloud.req_int("Vendor", missing="MissingParameter.Vendor", choices=(0, 1))
         region = cloud.req_str("Region", missing="MissingParameter.Region", max_len=64)
         bucket = cloud.req_str("Bucket", missing="MissingParameter.Bucket", max_len=128)
-        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9.\-]{0,126}$", bucket):
+        if not _BUCKET.match(bucket):
             raise TencentError("InvalidParameter", "CloudStorage.Bucket is not a valid bucket name")
         access = cloud.req_str("AccessKey", missing="MissingParameter.AccessKey", max_len=256)
         secret = cloud.req_str("SecretKey", missing="MissingParameter.SecretKey", max_len=256)
@@ -335,8 +323,7 @@ class TrtcActions:
         if not urls:
             raise TencentError("MissingParameter", "missing parameter StreamUrl")
         for url in urls:
-            if not re.match(r"^(https?|rtmp|rtmps|rtsp)://", url, re.I):
-                raise TencentError("InvalidParameter", "StreamUrl must be an http(s), rtmp or rtsp URL")
+            _check_stream_url(url)
         repeat = p.integer("RepeatNum", default=1, lo=-1, hi=1000)
         if repeat == 0:
             raise TencentError(OUT_OF_RANGE, "RepeatNum must be -1 or 1-1000")
@@ -359,8 +346,10 @@ class TrtcActions:
 
     async def update_stream_ingest(self, p: Obj) -> dict[str, Any]:
         app, task_id = await self._task_id(p)
-        task, spec = await self.control.ingest(app.id, task_id)
         url = p.string("StreamUrl", max_len=4096)
+        if url:
+            _check_stream_url(url)  # before anything runs: never a local file for an existing task either
+        task, spec = await self.control.ingest(app.id, task_id)
         volume = p.integer("Volume", lo=0, hi=200)
         new = replace(spec, urls=(url,) if url else spec.urls, volume=spec.volume if volume is None else volume)
         await self.control.replace_ingest(app.id, task_id, new)
