@@ -80,3 +80,17 @@ def test_camera_and_screen_share_are_two_connections_of_one_user() -> None:
     camera2.leave()
     screen2.leave()
     assert room.participant("u") is None and room.participant("w") is not None
+
+
+def test_a_cached_gop_longer_than_the_queue_is_not_replayed_without_its_keyframe() -> None:
+    room = RoomRegistry().room(RoomKey(1, "4"))
+    video = room.connect("u").add_track(TrackKind.MAIN)
+    for ms in range(0, 60_000, 100):  # one 60 s GOP: 600 cached units
+        video.publish(unit(VIDEO, ms, key=ms == 0))
+    small = video.subscribe(maxsize=512)
+    assert small.drain() == [] and small.dropped == 0  # nothing half: it starts at the next keyframe
+    video.publish(unit(VIDEO, 60_000, key=True))
+    got = small.drain()
+    assert [u.pts for u in got] == [60_000] and got[0].key
+    big = video.subscribe(maxsize=1024)
+    assert big.drain()[0].key  # the whole GOP fits: replayed from its keyframe

@@ -96,7 +96,12 @@ class Track:
             if self.closed:
                 sub.put(_END)
             else:
-                for unit in self._cache:
+                # A replay longer than the queue would lose its head — the keyframe — and count
+                # overflows: video then waits for the next keyframe, audio keeps its newest units.
+                replay = list(self._cache)
+                if len(replay) > maxsize:
+                    replay = [] if self.kind.is_video else replay[-maxsize:]
+                for unit in replay:
                     sub.put(unit)
                 self._subscribers.append(sub)
         return sub
