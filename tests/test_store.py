@@ -54,3 +54,31 @@ async def test_store_lifecycle(tmp_path: Path) -> None:
     await again.start()
     assert (await again.get_task("t4")) is not None
     await again.stop()
+
+
+async def test_a_task_whose_session_cannot_start_is_ended_not_left_claimed(tmp_path: Path) -> None:
+    import asyncio
+
+    from cloudrec.rooms.registry import RoomRegistry
+    from cloudrec.storage.routing import StorageConfig, StorageRouter
+    from cloudrec.storage.uploader import Uploader, UploaderConfig
+    from cloudrec.worker.scheduler import Worker
+    from cloudrec.worker.session import SessionConfig
+
+    store = SqlTaskStore(f"sqlite+aiosqlite:///{tmp_path / 'cloudrec.db'}")
+    await store.start()
+    await store.create_task(task("broken"), max_alive=2)  # spec "{}": no RecordingSpec can be read from it
+    router = StorageRouter(StorageConfig(storage_dir=tmp_path / "storage", spool_dir=tmp_path / "spool"))
+    worker = Worker(store, RoomRegistry(), SessionConfig(uploader=Uploader(store, router, UploaderConfig(node="n1"))))
+    await worker.start()
+    try:
+        for _ in range(100):
+            row = await store.get_task("broken")
+            if row is not None and row.state is TaskState.ENDED:
+                break
+            await asyncio.sleep(0.05)
+        assert row is not None and row.state is TaskState.ENDED and row.stop_reason is StopReason.FAILED
+        assert not worker.sessions
+    finally:
+        await worker.stop()
+        await store.stop()

@@ -7,7 +7,8 @@ import logging
 import time
 import uuid
 
-from cloudrec.core.states import StopReason, TaskKind
+from cloudrec.core import events as ev
+from cloudrec.core.states import StopReason, TaskKind, TaskState
 from cloudrec.core.tasks import TaskRecord
 from cloudrec.rooms.registry import RoomRegistry
 from cloudrec.store.base import TaskStore
@@ -59,19 +60,34 @@ class Worker:
     def _spawn(self, task: TaskRecord) -> None:
         if task.id in self.sessions:
             return
-        session: Session
-        if task.kind is TaskKind.RECORDING:
-            session = RecordingSession(task, self.store, self.config, self.registry)
-        else:
-            session = IngestSession(task, self.store, self.config, self.registry)
-        runner = asyncio.create_task(session.run(), name=f"session-{task.id[:8]}")
-        self.sessions[task.id] = (session, runner)
+        runner = asyncio.create_task(self._run_session(task), name=f"session-{task.id[:8]}")
         task_id = task.id
 
         def forget(_: asyncio.Task[None]) -> None:
             self.sessions.pop(task_id, None)
 
         runner.add_done_callback(forget)
+
+    async def _run_session(self, task: TaskRecord) -> None:
+        """One task end to end. A session that cannot be built or fails outside its own handling
+        ends the task as failed: a claimed task must never stay claimed with nothing running it."""
+        try:
+            session: Session
+            if task.kind is TaskKind.RECORDING:
+                session = RecordingSession(task, self.store, self.config, self.registry)
+            else:
+                session = IngestSession(task, self.store, self.config, self.registry)
+            runner = asyncio.current_task()
+            assert runner is not None
+            self.sessions[task.id] = (session, runner)
+            await session.run()
+        except Exception:
+            logger.exception("session failed; task ended", extra={"task_id": task.id})
+            try:
+                await self.store.set_state(task.id, TaskState.ENDED, stop_reason=StopReason.FAILED,
+                                           events=[ev.recorder_stopped(int(time.time() * 1000), StopReason.FAILED)])
+            except Exception:
+                logger.exception("could not end the failed task", extra={"task_id": task.id})
 
     async def stop(self) -> None:
         """Finalize every running task (files closed, tasks ended) and stop claiming."""

@@ -533,25 +533,28 @@ class IngestSession(Session):
         self.spec: IngestSpec = from_plain(IngestSpec, json.loads(task.spec))
         self.room = registry.room(self.spec.room)
 
+    def _start(self) -> _Thread:
+        return _Thread(f"ingest-{self.task.id[:8]}", IngestPublisher(self.room, self.spec).run, self.task.id)
+
     async def run(self) -> None:
         reason: StopReason | None = None
-        publisher = IngestPublisher(self.room, self.spec)
-        thread = _Thread(f"ingest-{self.task.id[:8]}", publisher.run, self.task.id)
-        await self.store.set_state(self.task.id, TaskState.IN_PROGRESS)
-        logger.info("ingest started", extra={**self.log, "room": str(self.spec.room), "user_id": self.spec.user_id})
-        while reason is None:
-            reason, changed = await self._poll_store()
-            if changed is not None:  # UpdateStreamIngest: play the new URL from now on
-                self.spec = from_plain(IngestSpec, json.loads(changed.spec))
-                await thread.finish()
-                publisher = IngestPublisher(self.room, self.spec)
-                thread = _Thread(f"ingest-{self.task.id[:8]}", publisher.run, self.task.id)
-            elif reason is None and not thread.alive:
-                end = thread.result
-                reason = StopReason.FAILED if thread.failed or end is IngestEnd.FAILED else StopReason.API
-                logger.info("ingest finished", extra={**self.log, "end": getattr(end, "value", "failed")})
-                break
-            await self._sleep()
-        await thread.finish()
+        thread = self._start()
+        try:
+            await self.store.set_state(self.task.id, TaskState.IN_PROGRESS)
+            logger.info("ingest started", extra={**self.log, "room": str(self.spec.room), "user_id": self.spec.user_id})
+            while reason is None:
+                reason, changed = await self._poll_store()
+                if changed is not None:  # UpdateStreamIngest: play the new URL from now on
+                    self.spec = from_plain(IngestSpec, json.loads(changed.spec))
+                    await thread.finish()
+                    thread = self._start()
+                elif reason is None and not thread.alive:
+                    end = thread.result
+                    reason = StopReason.FAILED if thread.failed or end is IngestEnd.FAILED else StopReason.API
+                    logger.info("ingest finished", extra={**self.log, "end": getattr(end, "value", "failed")})
+                    break
+                await self._sleep()
+        finally:
+            await thread.finish()  # whatever happened here, the publisher leaves the room
         await self.store.set_state(self.task.id, TaskState.ENDED, stop_reason=reason)
         logger.info("ingest ended", extra={**self.log, "reason": reason.name if reason else ""})
