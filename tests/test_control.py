@@ -60,3 +60,23 @@ async def test_lifetime_isolation_displacement_and_limits(tmp_path: Path) -> Non
         await control.create_recording(RecordingSpec(room=RoomKey(1, "101"), robot_user_id="r2", mode=RecordMode.SINGLE),
                                        dialect="trtc", lifetime_hours=72)
     await store.stop()
+
+
+async def test_a_refused_create_displaces_nobody(tmp_path: Path) -> None:
+    store = SqlTaskStore(f"sqlite+aiosqlite:///{tmp_path / 'c.db'}")
+    await store.start()
+    control = TaskControl(store, max_concurrent=lambda app: 2, clock=Clock())
+    spec = RecordingSpec(room=RoomKey(1, "100"), robot_user_id="rec", mode=RecordMode.MIXED)
+    first = await control.create_recording(spec, dialect="trtc", lifetime_hours=6)
+    await control.create_recording(RecordingSpec(room=RoomKey(1, "101"), robot_user_id="r2", mode=RecordMode.MIXED),
+                                   dialect="trtc", lifetime_hours=6)
+    # at the limit: the displaced task does not count, so the same robot may come back...
+    again = await control.create_recording(spec, dialect="trtc", lifetime_hours=6)
+    assert (await store.get_task(first)).stop_requested is StopReason.DISPLACED  # type: ignore[union-attr]
+    # ...but a refused create (the limit holds without the displaced one) stops nothing
+    third = RecordingSpec(room=RoomKey(1, "100"), robot_user_id="rec", mode=RecordMode.MIXED)
+    strict = TaskControl(store, max_concurrent=lambda app: 1, clock=Clock())  # first (displaced, alive) + r2 fill it
+    with pytest.raises(LimitReached):
+        await strict.create_recording(third, dialect="trtc", lifetime_hours=6)
+    assert (await store.get_task(again)).stop_requested is None  # type: ignore[union-attr]
+    await store.stop()

@@ -43,16 +43,14 @@ class TaskControl:
     # --- recordings -------------------------------------------------------------------------
     async def create_recording(self, spec: RecordingSpec, *, dialect: str, lifetime_hours: int) -> str:
         now = self._clock()
-        # A robot UserId already recording this room is displaced by the newcomer (LeaveCode 101).
-        for other in await self.store.list_tasks(kind=TaskKind.RECORDING):
-            if other.room == spec.room and other.user_id == spec.robot_user_id:
-                await self.store.request_stop(other.id, StopReason.DISPLACED)
         task = TaskRecord(
             id=new_task_id(), kind=TaskKind.RECORDING, dialect=dialect, room=spec.room,
             user_id=spec.robot_user_id, state=TaskState.IDLE, spec=json.dumps(to_plain(spec)),
             created_at=now, expires_at=now + lifetime_hours * 3600,
         )
-        await self.store.create_task(task, max_alive=self._max_concurrent(spec.room.app_id))
+        # A robot UserId already recording this room is displaced by the newcomer (LeaveCode 101),
+        # only if the newcomer is accepted.
+        await self.store.create_task(task, max_alive=self._max_concurrent(spec.room.app_id), displace=StopReason.DISPLACED)
         logger.info("recording created", extra={"task_id": task.id, "room": str(spec.room), "mode": spec.mode.name})
         self.wake()
         return task.id
@@ -73,6 +71,7 @@ class TaskControl:
         new = spec.modified(layout=layout, subscription=subscription)
         await self.store.replace_spec(task_id, json.dumps(to_plain(new)))
         logger.info("recording modified", extra={"task_id": task_id})
+        self.wake()
 
     async def stop(self, app_id: int, task_id: str, kind: TaskKind, reason: StopReason = StopReason.API) -> None:
         await self._visible(app_id, task_id, kind)
@@ -99,6 +98,7 @@ class TaskControl:
     async def replace_ingest(self, app_id: int, task_id: str, spec: IngestSpec) -> None:
         await self._visible(app_id, task_id, TaskKind.INGEST)
         await self.store.replace_spec(task_id, json.dumps(to_plain(spec)))
+        self.wake()
 
     async def stop_room_tasks(self, room: RoomKey, reason: StopReason) -> int:
         n = 0

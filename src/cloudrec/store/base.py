@@ -14,8 +14,11 @@ class TaskStore(Protocol):
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
 
-    async def create_task(self, task: TaskRecord, *, max_alive: int | None = None) -> None:
-        """Insert; raises LimitReached if the app already has `max_alive` alive tasks of this kind."""
+    async def create_task(self, task: TaskRecord, *, max_alive: int | None = None,
+                          displace: StopReason | None = None) -> None:
+        """Insert; raises LimitReached if the app already has `max_alive` alive tasks of this kind.
+        With `displace`, alive tasks of the same kind, room and user are asked to stop with that reason
+        in the same transaction (and do not count against the limit); nothing changes if the insert fails."""
         ...
 
     async def get_task(self, task_id: str) -> TaskRecord | None: ...

@@ -90,17 +90,22 @@ class SqlTaskStore:
             await self._engine.dispose()
             self._engine = None
 
-    async def create_task(self, task: TaskRecord, *, max_alive: int | None = None) -> None:
+    async def create_task(self, task: TaskRecord, *, max_alive: int | None = None,
+                          displace: StopReason | None = None) -> None:
         t = tables.tasks
+        same = sa.and_(t.c.kind == task.kind.value, t.c.app_id == task.room.app_id, t.c.room_id == task.room.room_id,
+                       t.c.room_id_type == int(task.room.id_type), t.c.user_id == task.user_id,
+                       t.c.state.in_(_ALIVE), t.c.stop_requested.is_(None))
         async with self.engine.begin() as conn:
             if max_alive is not None:
-                alive = await conn.scalar(
-                    sa.select(sa.func.count()).select_from(t).where(
-                        t.c.app_id == task.room.app_id, t.c.kind == task.kind.value, t.c.state.in_(_ALIVE)
-                    )
-                )
+                counted = sa.and_(t.c.app_id == task.room.app_id, t.c.kind == task.kind.value, t.c.state.in_(_ALIVE))
+                if displace is not None:
+                    counted = sa.and_(counted, sa.not_(same))
+                alive = await conn.scalar(sa.select(sa.func.count()).select_from(t).where(counted))
                 if (alive or 0) >= max_alive:
                     raise LimitReached("too many concurrent tasks", reason="concurrency")
+            if displace is not None:
+                await conn.execute(t.update().where(same).values(stop_requested=int(displace)))
             await conn.execute(
                 t.insert().values(
                     id=task.id, kind=task.kind.value, dialect=task.dialect, app_id=task.room.app_id,
