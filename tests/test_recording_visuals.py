@@ -4,6 +4,7 @@ costs its picture. The pictures are made with Pillow at test time and served fro
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,6 +120,9 @@ def test_broken_picture_costs_only_its_area(server: Server, media_url: str) -> N
     assert rgb_close(rgb[270, 480], BG)  # and the missing picture's area shows the background colour
     log = server.log_text()
     assert "layout picture not used" in log and "HTTP 404" in log
+    with sqlite3.connect(f"file:{server.root / 'data' / 'cloudrec.db'}?mode=ro", uri=True) as db:
+        failed = list(db.execute("SELECT payload FROM events WHERE task_id = ? AND type = 'image_failed'", (task,)))
+    assert len(failed) == 1 and "missing.jpg" in failed[0][0]  # callback 309, once
 
 
 # -- the TRTC fields → the core layout ----------------------------------------------------------------

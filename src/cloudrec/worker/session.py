@@ -406,6 +406,7 @@ class RecordingSession(Session):
         except ImageError as exc:
             logger.warning("layout picture not used; its area shows the background",
                            extra={**self.log, "url": loggable_url(url), "reason": str(exc)})
+            await self.store.add_events(self.task.id, [ev.image_failed(_now_ms(), url)])  # callback 309
             return
         self.pictures[url] = picture
         if self.mix is not None:
