@@ -7,7 +7,8 @@ import numpy as np
 
 from cloudrec.core.layout import Placement
 from cloudrec.core.spec import RenderMode, TrackKind
-from cloudrec.media.compositor import Compositor, fit, rgb_to_yuv
+from cloudrec.media.compositor import Compositor, Fill
+from cloudrec.media.planes import fit, rgb_to_yuv
 
 RED, GREEN, BLUE = (220, 30, 30), (30, 200, 40), (40, 60, 220)
 BG = (0, 0, 160)
@@ -55,6 +56,14 @@ def test_render_modes() -> None:
     g = fit(RenderMode.CROP, 1600, 900, 200, 200)
     assert g.scaled_height == 200 and g.scaled_width == 356 and g.src_x == 78
 
+
+
+def test_black_fill_covers_the_whole_tile_in_every_render_mode() -> None:
+    comp = Compositor(200, 120, BG)
+    for mode in RenderMode:  # a letterboxed tile too: FillType black is the tile, not a square frame
+        out = comp.render([tile(0, 0, 200, 120, "u", mode)], {("u", TrackKind.MAIN): Fill.BLACK})
+        for y, x in ((60, 100), (60, 4), (60, 195), (4, 100)):
+            assert near(rgb_at(out, y, x), (0, 0, 0)), (mode, y, x)
 
 def test_z_order_alpha_and_empty_tiles() -> None:
     frames = {("a", TrackKind.MAIN): solid(64, 64, RED), ("b", TrackKind.MAIN): solid(64, 64, GREEN)}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
 
 import av
 import numpy as np
@@ -19,10 +20,9 @@ from av.video.reformatter import Interpolation, VideoReformatter
 from cloudrec.core.layout import Placement
 from cloudrec.core.spec import ImageRef, Layout, RenderMode, TrackKind
 from cloudrec.media.overlay import Fonts, Overlays
-from cloudrec.media.picture import Picture, blend
-from cloudrec.media.planes import SMART_STRETCH_MAX_CROP, Fit, Plane, fit, plane_views, rgb_to_yuv
+from cloudrec.media.picture import Layer, Picture, blend
+from cloudrec.media.planes import Plane, fit, plane_views, rgb_to_yuv
 
-__all__ = ["Compositor", "Fit", "Plane", "SMART_STRETCH_MAX_CROP", "fit", "plane_views", "rgb_to_yuv"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,11 +34,17 @@ UPSCALE_INTERPOLATION = Interpolation.BILINEAR
 FrameKey = tuple[str, TrackKind]
 
 
+class Fill(Enum):
+    """What a tile shows instead of a frame."""
+
+    BLACK = "black"  # FillType 1 after a source's gap
+
+
 @dataclass(slots=True)
 class _Scaled:
     source: av.VideoFrame  # the frame these views were made from (identity is the cache key)
     frame: av.VideoFrame  # keeps the scaled buffers alive
-    planes: tuple[Plane, Plane, Plane]  # the windows to copy (already cut to Fit.width × height)
+    layer: Layer  # the window to copy (cut to Fit.width × height) and where it goes in the tile
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,13 +86,6 @@ class Compositor:
         self._scalers: dict[_TileKey, VideoReformatter] = {}
         self.scaled = 0  # how many source frames were scaled (cache misses)
 
-    @property
-    def background(self) -> tuple[int, int, int]:
-        return self._bg
-
-    def set_background(self, rgb: tuple[int, int, int]) -> None:
-        self._bg = rgb_to_yuv(rgb)
-
     def set_scene(self, layout: Layout) -> None:
         """Take the layout's background colour and image and its watermarks."""
         self._bg = rgb_to_yuv(layout.background)
@@ -117,7 +116,7 @@ class Compositor:
         for plane, src in zip(self._canvas(), self._base):
             np.copyto(plane, src)
 
-    def render(self, placements: Sequence[Placement], frames: Mapping[FrameKey, av.VideoFrame | None],
+    def render(self, placements: Sequence[Placement], frames: Mapping[FrameKey, av.VideoFrame | Fill | None],
                wall_time: float | None = None) -> av.VideoFrame:
         """`wall_time`: the frame's wall-clock time (Unix seconds) for timestamp watermarks."""
         self._paint_base()
@@ -131,6 +130,9 @@ class Compositor:
             w -= w % 2
             h -= h % 2
             frame = frames.get((p.user_id, p.track)) if p.user_id is not None else None
+            if frame is Fill.BLACK:  # FillType black: the whole tile, whatever its RenderMode
+                self._paint_empty(x, y, w, h, p.alpha, (0, 0, 0))
+                continue
             if frame is None or p.user_id is None:
                 self._paint_empty(x, y, w, h, p.alpha, p.background)
                 picture = self._images.get(p.placeholder.url) if p.placeholder is not None else None
@@ -141,12 +143,7 @@ class Compositor:
                 self._paint_empty(x, y, w, h, p.alpha, p.background)
             key = _TileKey(user_id=p.user_id, track=p.track, width=w, height=h, render=p.render)
             used.add(key)
-            scaled = self._scaled(key, frame)
-            g = fit(p.render, frame.width, frame.height, w, h)
-            sy, su, sv = scaled.planes
-            self._blit(self._y, sy, x + g.dst_x, y + g.dst_y, p.alpha)
-            self._blit(self._u, su, (x + g.dst_x) // 2, (y + g.dst_y) // 2, p.alpha)
-            self._blit(self._v, sv, (x + g.dst_x) // 2, (y + g.dst_y) // 2, p.alpha)
+            blend(self._canvas(), self._scaled(key, frame).layer, x, y, 255 - p.alpha)
         for stale in [k for k in self._cache if k not in used]:
             del self._cache[stale]
             self._scalers.pop(stale, None)
@@ -171,32 +168,12 @@ class Compositor:
                                            threads=1)
         py, pu, pv = plane_views(scaled_frame)
         cy, cx, ch, cw = g.src_y // 2, g.src_x // 2, g.height // 2, g.width // 2
-        planes = (
-            py[g.src_y:g.src_y + g.height, g.src_x:g.src_x + g.width],
-            pu[cy:cy + ch, cx:cx + cw],
-            pv[cy:cy + ch, cx:cx + cw],
-        )
-        entry = _Scaled(source=frame, frame=scaled_frame, planes=planes)
+        layer = Layer(dx=g.dst_x, dy=g.dst_y, y=py[g.src_y:g.src_y + g.height, g.src_x:g.src_x + g.width],
+                      u=pu[cy:cy + ch, cx:cx + cw], v=pv[cy:cy + ch, cx:cx + cw])
+        entry = _Scaled(source=frame, frame=scaled_frame, layer=layer)
         self._cache[key] = entry
         self.scaled += 1
         return entry
-
-    @staticmethod
-    def _blit(dst: Plane, src: Plane, x: int, y: int, alpha: int) -> None:
-        h = min(src.shape[0], dst.shape[0] - y)
-        w = min(src.shape[1], dst.shape[1] - x)
-        if h <= 0 or w <= 0:
-            return
-        region = dst[y:y + h, x:x + w]
-        if alpha == 0:
-            region[...] = src[:h, :w]
-            return
-        # alpha: 0 opaque … 255 transparent. out = src·(255−a)/255 + dst·a/255, rounded.
-        mixed = src[:h, :w].astype(np.uint16) * (255 - alpha)
-        mixed += region.astype(np.uint16) * alpha
-        mixed += 127
-        mixed //= 255
-        region[...] = mixed.astype(np.uint8)
 
     def _paint_empty(self, x: int, y: int, w: int, h: int, alpha: int, rgb: tuple[int, int, int] | None) -> None:
         """A tile without video: its own colour, else the background (colour and image) shows."""

@@ -35,7 +35,7 @@ from cloudrec.core.layout import Participant, Placement, place
 from cloudrec.core.media import MediaUnit, PacketSink, StreamInfo, UnitSource
 from cloudrec.core.spec import AudioEncoding, FillType, Layout, TrackKind, VideoEncoding
 from cloudrec.media.audiomix import AudioMixer
-from cloudrec.media.compositor import Compositor
+from cloudrec.media.compositor import Compositor, Fill
 from cloudrec.media.decode import Decoder
 from cloudrec.media.encoder import AudioEncoder, VideoEncoder
 from cloudrec.media.overlay import Fonts
@@ -86,13 +86,6 @@ class _Update:
     video: Mapping[tuple[str, TrackKind], UnitSource]
     audio: Mapping[str, UnitSource]
     layout: Layout | None
-
-
-def _black_frame() -> av.VideoFrame:
-    frame = av.VideoFrame(16, 16, "yuv420p")
-    for plane, value in zip(frame.planes, (16, 128, 128)):
-        plane.update(bytes([value]) * plane.buffer_size)
-    return frame
 
 
 class MixedPipeline:
@@ -147,7 +140,6 @@ class MixedPipeline:
         self._first_output_at: float | None = None
         self._video_done = -math.inf  # task time of the last video tick produced
         self._audio_done = 0.0  # task time up to which audio was pulled from the mixer
-        self._black = _black_frame()
         # Interleaving: audio units wait until video up to their time has been written, so every
         # sink sees the first video keyframe first and packets arrive in time order.
         self._has_video = video is not None
@@ -370,7 +362,7 @@ class MixedPipeline:
             self._first_at = self._clock()
         mixer.push(user_id, frame, tt)
 
-    def _pick(self, vt: _VideoTrack, t: float) -> av.VideoFrame | None:
+    def _pick(self, vt: _VideoTrack, t: float) -> av.VideoFrame | Fill | None:
         """The frame nearest to task time `t` (never older than the one shown before), with
         FillType applied after `gap_seconds` without a newer frame."""
         q = vt.queue
@@ -382,12 +374,12 @@ class MixedPipeline:
             return None
         tt, frame = vt.held
         if t - tt >= self._gap and self._fill_type is FillType.BLACK:
-            return self._black
+            return Fill.BLACK
         return frame
 
     def _emit_video(self, tick: int, fps: int, venc: VideoEncoder, comp: Compositor, index: int) -> None:
         t = tick / fps
-        frames: dict[tuple[str, TrackKind], av.VideoFrame | None] = {}
+        frames: dict[tuple[str, TrackKind], av.VideoFrame | Fill | None] = {}
         for p in self._placements:
             if p.user_id is None:
                 continue
@@ -410,7 +402,7 @@ class MixedPipeline:
         self._video_done = t
         self._write_video(index, venc.encode(picture))
         self._frames_out += 1
-        if self._first_output_at is None and any(f is not None and f is not self._black for f in frames.values()):
+        if self._first_output_at is None and any(isinstance(f, av.VideoFrame) for f in frames.values()):
             self._first_output_at = self._clock()
 
     def _emit_audio(self, target: int, aenc: AudioEncoder, mixer: AudioMixer, index: int, *, partial: bool) -> None:

@@ -170,8 +170,8 @@ def blend(dst: Planes, layer: Layer, x: int, y: int, opacity: int = 255) -> None
             mixed += pre[:ph, :pw]
         else:  # scaled opacity (rare: a transparent tile): compute the weights now
             alpha = layer.a if i == 0 else layer.a_c
-            a = np.full((ph, pw), 255, np.uint16) if alpha is None else alpha[:ph, :pw].astype(np.uint16)
-            a = (a * opacity + 127) // 255
+            a: np.uint16 | npt.NDArray[np.uint16] = (
+                np.uint16(opacity) if alpha is None else (alpha[:ph, :pw].astype(np.uint16) * opacity + 127) // 255)
             mixed = src[:ph, :pw] * a
             mixed += region * (255 - a)
         mixed += 127
