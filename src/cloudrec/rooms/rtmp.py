@@ -45,7 +45,7 @@ import time
 import types
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import IntEnum
 from fractions import Fraction
@@ -140,14 +140,16 @@ class PublishGrant:
 Authorize = Callable[[PublishRequest], Awaitable[PublishGrant | None]]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class RtmpStats:
-    connections: int  # open now
-    publishers: int  # publishing now
-    accepted: int  # connections accepted since start
-    published: int  # publishes admitted since start
-    refused: int  # publishes refused since start
-    dropped: int  # connections ended for misbehaviour (protocol error, idle timeout)
+    """The server counts into one of these; `RtmpServer.stats` hands out copies."""
+
+    connections: int = 0  # open now
+    publishers: int = 0  # publishing now
+    accepted: int = 0  # connections accepted since start
+    published: int = 0  # publishes admitted since start
+    refused: int = 0  # publishes refused since start
+    dropped: int = 0  # connections ended for misbehaviour (protocol error, idle timeout)
 
 
 # =============================================================================================
@@ -645,11 +647,7 @@ class _Publisher:
             self._publish(TrackKind.AUDIO, MediaUnit(data=data, pts=dts, dts=dts, duration=duration, key=True, info=info))
 
     def close(self) -> None:
-        if self.present():
-            self.connection.leave()
-        else:  # displaced or removed: the room is already done with this connection
-            for track in self._tracks.values():
-                track.close()
+        self.connection.leave()  # a no-op when displaced or removed: the room already closed its tracks
 
 
 # =============================================================================================
@@ -986,16 +984,6 @@ class _Connection:
 # The server
 
 
-@dataclass(slots=True)
-class _Counters:
-    connections: int = 0
-    publishers: int = 0
-    accepted: int = 0
-    published: int = 0
-    refused: int = 0
-    dropped: int = 0
-
-
 class RtmpServer:
     """Accepts RTMP publishers on `host:port` (0 = any free port), admits them through `authorize`
     and publishes their media into `registry`'s rooms."""
@@ -1015,7 +1003,7 @@ class RtmpServer:
         self._requested_port = port
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._counters = _Counters()
+        self._counters = RtmpStats()
         self._stopped = False
 
     @property
@@ -1027,9 +1015,7 @@ class RtmpServer:
 
     @property
     def stats(self) -> RtmpStats:
-        c = self._counters
-        return RtmpStats(connections=c.connections, publishers=c.publishers, accepted=c.accepted, published=c.published,
-                         refused=c.refused, dropped=c.dropped)
+        return replace(self._counters)
 
     async def start(self) -> None:
         if self._server is not None:

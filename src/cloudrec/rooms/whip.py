@@ -497,7 +497,7 @@ class RoomTrack(MediaStreamTrack):
         self.request_keyframe = request_keyframe
         self.codec: str | None = None  # the negotiated codec (FFmpeg name), set once known
         self._ready: collections.deque[av.Packet[Any] | av.VideoFrame | av.AudioFrame] = collections.deque()
-        self._base: dict[str, int] = {}
+        self._base: dict[Fraction, int] = {}
         self._need_key = kind == "video"
         self._decoder: Decoder | None = None
         self._forward = True
@@ -507,8 +507,7 @@ class RoomTrack(MediaStreamTrack):
         self.transcoded = 0
 
     def _rebase(self, pts: int, time_base: Fraction) -> int:
-        key = f"{time_base}"
-        base = self._base.setdefault(key, pts)
+        base = self._base.setdefault(time_base, pts)
         return pts - base
 
     async def recv(self) -> av.Packet[Any] | av.VideoFrame | av.AudioFrame:
@@ -566,7 +565,7 @@ class RoomTrack(MediaStreamTrack):
             self._ready.append(packet)
             self.forwarded += 1
             return
-        if self._decoder is None or self._decoder.info is not unit.info and self._decoder.info.codec != unit.info.codec:
+        if self._decoder is None:  # it reopens itself (flushing first) when the stream parameters change
             self._decoder = Decoder(unit.info, threads=1)
         frames = await asyncio.to_thread(self._decoder.decode, unit)
         for frame in frames:

@@ -36,6 +36,7 @@ _JPEG = b"\xff\xd8\xff"
 _REDIRECTS = (301, 302, 303, 307, 308)
 DISK_CACHE_SECONDS = 24 * 3600
 FAILURE_CACHE_SECONDS = 30.0
+MAX_FAILURES = 1024  # failed URLs remembered at once (expired ones are dropped when full)
 MEMORY_PIXELS = 64 * 1024 * 1024  # decoded RGBA pixels kept in memory (≈ 256 MB at most)
 
 
@@ -93,8 +94,10 @@ class ImageFetcher:
             self._memory.move_to_end(url)
             return cached
         failed = self._failed.get(url)
-        if failed is not None and failed[0] > time.monotonic():
-            raise ImageError(failed[1])
+        if failed is not None:
+            if failed[0] > time.monotonic():
+                raise ImageError(failed[1])
+            del self._failed[url]
         running = self._inflight.get(url)
         if running is not None:  # the same URL for several tasks at once: one fetch
             try:
@@ -109,7 +112,12 @@ class ImageFetcher:
         try:
             picture = await self._load(url)
         except ImageError as exc:
-            self._failed[url] = (time.monotonic() + FAILURE_CACHE_SECONDS, str(exc))
+            now = time.monotonic()
+            if len(self._failed) >= MAX_FAILURES:  # URLs come from API callers: never let this grow unbounded
+                self._failed = {u: f for u, f in self._failed.items() if f[0] > now}
+                while len(self._failed) >= MAX_FAILURES:
+                    del self._failed[next(iter(self._failed))]  # the oldest
+            self._failed[url] = (now + FAILURE_CACHE_SECONDS, str(exc))
             future.set_exception(exc)
             future.exception()  # retrieved: no "never retrieved" warning when nobody else waits
             raise
