@@ -250,3 +250,14 @@ endpoint_url = "http://127.0.0.1:8334"
     for bad in ('vendor = 2\nendpoint_url = "http://x"', 'vendor = 1\nendpoint_url = "ftp://x"', "vendor = 1"):
         with pytest.raises(InvalidRequest):
             parse_settings(tomllib.loads(f"[[storage.endpoints]]\n{bad}\n"), tmp_path)
+
+
+def test_vod_file_names_only_recorded_media_inside_the_library(tmp_path: Path) -> None:
+    from cloudrec.api.app import vod_file
+
+    (tmp_path / "t1").mkdir()
+    for name in ("a.m3u8", "m3u8", "notes.txt"):
+        (tmp_path / "t1" / name).write_text("x")
+    assert vod_file(tmp_path, "t1/a.m3u8") == tmp_path / "t1" / "a.m3u8"
+    for bad in ("t1/m3u8", "t1/notes.txt", "t1/../t1/a.m3u8", "t1/.a.m3u8", "t1/missing.mp4"):
+        assert vod_file(tmp_path, bad) is None, bad

@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from cloudrec.api.body import read_body
 from cloudrec.dialects.tencent.gateway import TencentGateway
 
 logger = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ def vod_file(root: Path, path: str) -> Path | None:
     parts = path.split("/")
     if not 1 <= len(parts) <= 16 or any(not p or p.startswith(".") or "\\" in p or "\0" in p for p in parts):
         return None
-    if parts[-1].rsplit(".", 1)[-1] not in VOD_TYPES:
+    if Path(parts[-1]).suffix[1:] not in VOD_TYPES:  # "m3u8" alone is a name without a type
         return None
     target = root.joinpath(*parts)
     try:
@@ -40,18 +41,6 @@ def vod_file(root: Path, path: str) -> Path | None:
 PUBLISH_PAGE = resources.files("cloudrec.api").joinpath("static/publish.html").read_text(encoding="utf-8")
 
 
-async def _read_body(request: Request, limit: int) -> bytes | None:
-    """The body, or None when it exceeds `limit` (read no further than that)."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def create_app(
     *,
     tencent: TencentGateway,
@@ -63,7 +52,7 @@ def create_app(
 ) -> Starlette:
     async def vendor_api(request: Request) -> Response:
         headers = {k.lower(): v for k, v in request.headers.items()}
-        body = await _read_body(request, tencent.max_body)
+        body = await read_body(request, tencent.max_body)
         reply = await tencent.handle(
             method=request.method,
             host=headers.get("host", ""),
