@@ -11,7 +11,6 @@ the file holds duration × fps frames (±2).
 from __future__ import annotations
 
 import json
-import resource
 import tempfile
 import threading
 import time
@@ -21,7 +20,8 @@ from typing import Any
 import av
 
 from bench.inputs import camera_like
-from bench.mix_cpu import FPS, H, W, mix_room
+from bench.results_file import save
+from bench.mix_cpu import FPS, H, W, process_cpu, mix_room
 from cloudrec.core.ingest import IngestSpec
 from cloudrec.core.rooms import RoomKey
 from cloudrec.media.mixed import MixedPipeline
@@ -31,11 +31,6 @@ from cloudrec.rooms.registry import RoomRegistry
 
 SECONDS = 30.0
 STEPS = (1, 3, 5, 6)
-
-
-def _cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 def _frames(path: Path) -> int:
@@ -62,7 +57,7 @@ def run_step(n: int, inputs: list[Path], root: Path) -> dict[str, Any]:
         time.sleep(0.01)
     pipelines: list[tuple[MixedPipeline, threading.Thread, Mp4Sink]] = []
     stop_mix = threading.Event()
-    cpu0, wall0 = _cpu(), time.monotonic()
+    cpu0, wall0 = process_cpu(), time.monotonic()
     for r, room in enumerate(rooms):
         pipeline, sink = mix_room(room, root, f"mix{n}_{r}")
         thread = threading.Thread(target=pipeline.run, args=(stop_mix,), daemon=True, name=f"mix-{r}")
@@ -72,7 +67,7 @@ def run_step(n: int, inputs: list[Path], root: Path) -> dict[str, Any]:
     stop_mix.set()
     for _, thread, _ in pipelines:
         thread.join(30)
-    cpu, wall = _cpu() - cpu0, time.monotonic() - wall0
+    cpu, wall = process_cpu() - cpu0, time.monotonic() - wall0
     stop_ingest.set()
     for t in ingests:
         t.join(10)
@@ -105,11 +100,8 @@ def main(results: Path) -> dict[str, Any]:
         "steps": steps,
         "max_sustained": max((s["n"] for s in steps if s["sustained"]), default=0),
         "goal": "≥ 5 concurrent (issue 4)",
-        "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "mix_capacity.json").write_text(json.dumps(result, indent=2))
-    return result
+    return save(results, result)
 
 
 if __name__ == "__main__":

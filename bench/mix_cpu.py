@@ -19,6 +19,7 @@ from typing import Any
 import imageio_ffmpeg
 
 from bench.inputs import camera_like
+from bench.results_file import save
 from cloudrec.core.ingest import IngestSpec
 from cloudrec.core.layout import Participant
 from cloudrec.core.rooms import RoomKey
@@ -34,7 +35,7 @@ ROUNDS = 5
 W, H, FPS, BITRATE = 1280, 720, 15, 1_500_000
 
 
-def _cpu_self() -> float:
+def process_cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
 
@@ -70,7 +71,7 @@ def run_cloudrec(inputs: list[Path], out: Path) -> dict[str, float]:
     stop_ingest = threading.Event()
     publishers = [IngestPublisher(room, IngestSpec(room=room.key, user_id=f"u{i}", urls=(str(p),))) for i, p in enumerate(inputs)]
     threads = [threading.Thread(target=p.run, args=(stop_ingest,), daemon=True) for p in publishers]
-    cpu0, wall0 = _cpu_self(), time.monotonic()
+    cpu0, wall0 = process_cpu(), time.monotonic()
     for t in threads:
         t.start()
     while len(room.snapshot().participants) < len(inputs) or any(len(p.tracks) < 2 for p in room.snapshot().participants):
@@ -83,7 +84,7 @@ def run_cloudrec(inputs: list[Path], out: Path) -> dict[str, float]:
         t.join()
     stop_mix.set()
     mixer.join()
-    return {"cpu_seconds": _cpu_self() - cpu0, "wall_seconds": time.monotonic() - wall0,
+    return {"cpu_seconds": process_cpu() - cpu0, "wall_seconds": time.monotonic() - wall0,
             "frames_out": float(pipeline.stats.frames_out)}
 
 
@@ -125,8 +126,5 @@ def main(results: Path) -> dict[str, Any]:
         "ratio": mid["ratio"],
         "ratios": [r["ratio"] for r in rounds],
         "goal": "≤ 0.95 (issue 4)",
-        "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "mix_cpu.json").write_text(json.dumps(result, indent=2))
-    return result
+    return save(results, result)

@@ -23,6 +23,7 @@ import httpx
 import imageio_ffmpeg
 
 from bench.inputs import camera_like
+from bench.results_file import save
 from bench.whip_single import APP_ID, KEY, Service
 from cloudrec.dialects.tencent.usersig import make_usersig
 
@@ -81,11 +82,8 @@ def main(results: Path) -> dict[str, Any]:
         "rounds_ms": [round(x * 1000) for x in latencies],
         "median_ms": round(statistics.median(latencies) * 1000),
         "goal": "≤ 300 ms median (issue 4)",
-        "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "start_latency.json").write_text(json.dumps(result, indent=2))
-    return result
+    return save(results, result)
 
 
 if __name__ == "__main__":

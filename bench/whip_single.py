@@ -34,6 +34,7 @@ from tencentcloud.common.profile.client_profile import ClientProfile
 from tencentcloud.common.profile.http_profile import HttpProfile
 from tencentcloud.trtc.v20190722 import models, trtc_client
 
+from bench.results_file import save
 from cloudrec.dialects.tencent.usersig import make_usersig
 from cloudrec.rooms.whip import ice_host_addresses
 from cloudrec.tools.samples import PALETTE, SampleSpec, write_sample
@@ -182,16 +183,13 @@ async def _run(root: Path) -> dict[str, Any]:
         "ratio": recorded["core_share_per_stream"] / transcode["core_share_per_stream"],
         "capacity": capacity,
         "goal": "≤ 3 % of a core per recorded stream; ≥ 40 concurrent (issue 3)",
-        "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 
 
 def main(results: Path) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         result = asyncio.run(_run(Path(tmp)))
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "whip_single.json").write_text(json.dumps(result, indent=2))
-    return result
+    return save(results, result)
 
 
 if __name__ == "__main__":

@@ -269,6 +269,16 @@ def ingest(server: Server, room: str, url: str, users: list[str]) -> list[str]:
     ]
 
 
+
+def stop_all(server: Server, recording: str, ingests: list[str]) -> float:
+    """DeleteCloudRecording, then StopStreamIngest for each ingest; returns when the delete was sent."""
+    c = client(server)
+    stopped = time.time()
+    call(c, "DeleteCloudRecording", {"SdkAppId": APP_ID, "TaskId": recording})
+    for t in ingests:
+        call(c, "StopStreamIngest", {"SdkAppId": APP_ID, "TaskId": t})
+    return stopped
+
 def wait_ended(server: Server, task_id: str) -> None:
     def ended() -> bool:
         try:

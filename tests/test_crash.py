@@ -18,6 +18,7 @@ import av
 import pytest
 
 from cloudrec.output.mp4 import FRAGMENT_SECONDS
+from cloudrec.storage.playlist import segment_names
 from tests.callback_receiver import Receiver
 from tests.s3_servers import Seaweed, seaweed
 from tests.support import running_server, served_samples, wait_for
@@ -130,7 +131,7 @@ def test_kill_9_leaves_playable_files_and_restart_finishes_the_tasks(tmp_path: P
         # Every listed segment plays, whether it was uploaded already or still waits in the spool.
         for task in (mixed, single):
             for playlist in (spool / task).glob("*.m3u8"):
-                listed = [ln for ln in playlist.read_text().splitlines() if ln and not ln.startswith("#")]
+                listed = segment_names(playlist.read_text())
                 assert listed, playlist.name
                 for seg in listed:
                     path = spool / task / seg

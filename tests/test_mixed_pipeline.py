@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -229,6 +230,23 @@ def _encoded_sources() -> None:
         source_media(i)
 
 
+def run_pipeline(pipe: MixedPipeline, feeder: Feeder, seconds: float, t0: float,
+                 actions: list[tuple[float, Callable[[], None]]] | None = None) -> None:
+    """Feed and run `pipe` until `seconds` after `t0`, calling each action at its time; then stop it."""
+    stop = threading.Event()
+    thread = threading.Thread(target=pipe.run, args=(stop,))
+    feeder.start()
+    thread.start()
+    for at, action in actions or []:
+        time.sleep(max(0.0, at - (time.monotonic() - t0)))
+        action()
+    time.sleep(max(0.0, seconds - (time.monotonic() - t0)))
+    stop.set()
+    thread.join(10)
+    feeder.stop_event.set()
+    assert not thread.is_alive()
+
+
 def test_grid_mix_of_four(tmp_path: Path) -> None:
     W, H, RUN = 640, 360, 5.0
     t0 = time.monotonic()
@@ -241,15 +259,7 @@ def test_grid_mix_of_four(tmp_path: Path) -> None:
                          sinks=[sink], t0=t0)
     pipe.update(participants=participants(USERS), video={(u, TrackKind.MAIN): vsrc[i] for i, u in enumerate(USERS)},
                 audio={u: asrc[i] for i, u in enumerate(USERS)})
-    stop = threading.Event()
-    thread = threading.Thread(target=pipe.run, args=(stop,))
-    feeder.start()
-    thread.start()
-    time.sleep(RUN - (time.monotonic() - t0))
-    stop.set()
-    thread.join(10)
-    feeder.stop_event.set()
-    assert not thread.is_alive()
+    run_pipeline(pipe, feeder, RUN, t0)
 
     out = read_output(tmp_path / sink.files[0])
     assert sink.files == ["mix_1.mp4"]
@@ -300,16 +310,8 @@ def test_custom_layout_background_and_live_update(tmp_path: Path) -> None:
     video = {(u, TrackKind.MAIN): vsrc[i] for i, u in enumerate(users)}
     audio = {u: asrc[i] for i, u in enumerate(users)}
     pipe.update(participants=participants(users), video=video, audio=audio)
-    stop = threading.Event()
-    thread = threading.Thread(target=pipe.run, args=(stop,))
-    feeder.start()
-    thread.start()
-    time.sleep(SWITCH - (time.monotonic() - t0))
-    pipe.update(participants=participants(users), video=video, audio=audio, layout=layout2)
-    time.sleep(RUN - (time.monotonic() - t0))
-    stop.set()
-    thread.join(10)
-    feeder.stop_event.set()
+    run_pipeline(pipe, feeder, RUN, t0, [(SWITCH, lambda: pipe.update(participants=participants(users), video=video,
+                                                                     audio=audio, layout=layout2))])
 
     assert sink.files == ["mix_1.mp4"]  # the update did not start a new file
     out = read_output(tmp_path / sink.files[0])
@@ -341,14 +343,7 @@ def test_source_stops_fill_type(tmp_path: Path, fill_type: FillType) -> None:
     users = USERS[:2]
     pipe.update(participants=participants(users), video={(u, TrackKind.MAIN): vsrc[i] for i, u in enumerate(users)},
                 audio={u: asrc[i] for i, u in enumerate(users)})
-    stop = threading.Event()
-    thread = threading.Thread(target=pipe.run, args=(stop,))
-    feeder.start()
-    thread.start()
-    time.sleep(RUN - (time.monotonic() - t0))
-    stop.set()
-    thread.join(10)
-    feeder.stop_event.set()
+    run_pipeline(pipe, feeder, RUN, t0)
 
     out = read_output(tmp_path / sink.files[0])
     first = out.frames[0][0]

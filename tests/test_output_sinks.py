@@ -27,6 +27,7 @@ from cloudrec.output.factory import SinkFactory, make_sinks
 from cloudrec.output.hls import HlsSink
 from cloudrec.output.target import SinkTarget
 from cloudrec.output.mp4 import Mp4Sink
+from cloudrec.storage.playlist import segment_names
 
 WALL0_MS = 2_000_000_000_000  # 2033-05-18
 BASE = "1400123456_12345__UserId_s_dTE.__UserId_e_main"
@@ -220,7 +221,7 @@ def feed(sink: HlsSink | Mp4Sink | AudioFileSink, video: list[MediaUnit], audio:
 
 
 def playlist_segments(path: Path) -> list[str]:
-    return [ln for ln in path.read_text().splitlines() if ln and not ln.startswith("#")]
+    return segment_names(path.read_text())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ survive the task store; and H.265 through the mixed pipeline into MP4 (hvc1) and
 from __future__ import annotations
 
 import io
-import threading
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from cloudrec.media.picture import Picture
 from cloudrec.output.hls import HlsSink
 from cloudrec.output.target import SinkTarget
 from tests.test_mixed_pipeline import (
-    COLOURS, FPS, Feeder, QueueSource, close_to, make_sink, participants, read_output, source_media,
+    COLOURS, FPS, Feeder, QueueSource, close_to, make_sink, participants, read_output, run_pipeline, source_media,
 )
 
 W, H = 640, 360
@@ -198,22 +197,6 @@ def test_timestamp_rendered_once_per_second_in_its_time_zone() -> None:
 # -- the mixed pipeline: pictures arrive late, placeholder after a stop, timestamp, H.265 -----------
 
 
-def run_pipeline(tmp_path: Path, pipe: MixedPipeline, feeder: Feeder, seconds: float, t0: float,
-                 actions: list[tuple[float, object]] | None = None) -> None:
-    stop = threading.Event()
-    thread = threading.Thread(target=pipe.run, args=(stop,))
-    feeder.start()
-    thread.start()
-    for at, action in actions or []:
-        time.sleep(max(0.0, at - (time.monotonic() - t0)))
-        action()  # type: ignore[operator]
-    time.sleep(max(0.0, seconds - (time.monotonic() - t0)))
-    stop.set()
-    thread.join(10)
-    feeder.stop_event.set()
-    assert not thread.is_alive()
-
-
 def test_pipeline_pictures_arrive_late_and_placeholder_after_stop(tmp_path: Path) -> None:
     RUN, STOP_AT, GAP, PLACEHOLDER, IMAGE_AT = 5.0, 1.5, 0.5, 1.5, 1.0
     ph, bg = ImageRef(url="http://img/ph.png"), ImageRef(url="http://img/bg.jpg", render=RenderMode.STRETCH)
@@ -236,7 +219,7 @@ def test_pipeline_pictures_arrive_late_and_placeholder_after_stop(tmp_path: Path
                 audio={u: asrc[i] for i, u in enumerate(users)})
     pipe.set_image(ph.url, picture((40, 40), (*MAGENTA, 255)))  # already fetched when the task starts
     late_bg = picture((64, 36), (*GREEN, 255), "JPEG")
-    run_pipeline(tmp_path, pipe, feeder, RUN, t0, [(IMAGE_AT, lambda: pipe.set_image(bg.url, late_bg))])
+    run_pipeline(pipe, feeder, RUN, t0, [(IMAGE_AT, lambda: pipe.set_image(bg.url, late_bg))])
 
     out = read_output(tmp_path / sink.files[0])
     first = out.frames[0][0]
@@ -286,7 +269,7 @@ def test_pipeline_h265_into_mp4_and_hls(tmp_path: Path) -> None:
     users = ["alice", "bob"]
     pipe.update(participants=participants(users), video={(u, TrackKind.MAIN): vsrc[i] for i, u in enumerate(users)},
                 audio={u: asrc[i] for i, u in enumerate(users)})
-    run_pipeline(tmp_path, pipe, feeder, RUN, t0)
+    run_pipeline(pipe, feeder, RUN, t0)
 
     with av.open(str(tmp_path / mp4.files[0])) as c:
         stream = c.streams.video[0]

@@ -13,9 +13,10 @@ import pytest
 from cloudrec.core import naming
 from cloudrec.core.rooms import RoomIdType, RoomKey
 from cloudrec.core.spec import TrackKind
+from cloudrec.storage.playlist import segment_names
 from tests.support import (
     APP_ID, COLORS, USERS, Server, call, client, ingest, probe, rgb_close, sample_frame, served_samples, storage_params,
-    usersig, wait_ended, wait_for,
+    stop_all, usersig, wait_ended, wait_for,
 )
 
 STOP_DELAY = 0.3  # DeleteCloudRecording → the session sees it → the pipeline stops: typically 0.1–0.3 s
@@ -25,15 +26,6 @@ STOP_DELAY = 0.3  # DeleteCloudRecording → the session sees it → the pipelin
 def media_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with served_samples(tmp_path_factory.mktemp("media"), USERS, 30) as url:
         yield url
-
-
-def stop_all(server: Server, recording: str, ingests: list[str]) -> float:
-    c = client(server)
-    stopped = time.time()
-    call(c, "DeleteCloudRecording", {"SdkAppId": APP_ID, "TaskId": recording})
-    for t in ingests:
-        call(c, "StopStreamIngest", {"SdkAppId": APP_ID, "TaskId": t})
-    return stopped
 
 
 def test_mixed_grid_recording(server: Server, media_url: str) -> None:
@@ -80,7 +72,7 @@ def test_mixed_grid_recording(server: Server, media_url: str) -> None:
     for color in COLORS:
         assert any(rgb_close(px, color) for px in centres), (color, centres)
     # segments listed in the playlist exist and are named per A.8
-    names = [l for l in playlist.read_text().splitlines() if l and not l.startswith("#")]
+    names = segment_names(playlist.read_text())
     assert names and all((out / n).exists() and n.startswith(f"{APP_ID}_{room}_") and n.endswith(".ts") for n in names)
     assert "#EXT-X-TRTC-START-REC-TIME" in playlist.read_text() and "#EXT-X-ENDLIST" in playlist.read_text()
 

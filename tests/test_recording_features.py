@@ -15,7 +15,7 @@ from cloudrec.core.rooms import RoomIdType, RoomKey
 from cloudrec.core.spec import TrackKind
 from tests.support import (
     APP_ID, COLORS, Server, call, client, ingest, probe, rgb_close, running_server, sample_frame, served_samples,
-    storage_params, usersig, wait_ended, wait_for,
+    stop_all, storage_params, usersig, wait_ended, wait_for,
 )
 
 USERS = ["alice", "bob"]
@@ -50,9 +50,7 @@ def test_custom_layout_modified_while_recording(server: Server, media_url: str) 
     call(c, "ModifyCloudRecording", {"SdkAppId": APP_ID, "TaskId": task,
                                      "MixLayoutParams": {"MixLayoutMode": 4, "BackGroundColor": "#FF00FF", "MixLayoutList": swapped}})
     time.sleep(4)
-    for t in ingests:
-        call(c, "StopStreamIngest", {"SdkAppId": APP_ID, "TaskId": t})
-    call(c, "DeleteCloudRecording", {"SdkAppId": APP_ID, "TaskId": task})
+    stop_all(server, task, ingests)
     wait_ended(server, task)
     mp4 = server.storage / "features" / task / f"{APP_ID}_{room}_1.mp4"
     assert [p.name for p in mp4.parent.glob("*.mp4")] == [mp4.name]  # one file: no new file on modify

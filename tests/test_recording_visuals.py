@@ -19,7 +19,7 @@ from cloudrec.dialects.tencent.fields import Obj
 from cloudrec.dialects.tencent.trtc import TrtcActions
 from tests.support import (
     APP_ID, COLORS, Server, call, client, ingest, rgb_close, sample_frame, served_samples, storage_params, usersig,
-    wait_ended, wait_for,
+    stop_all, wait_ended, wait_for,
 )
 
 USERS = ["alice", "bob"]
@@ -81,10 +81,7 @@ def test_pictures_and_watermarks_in_the_mix(server: Server, media_url: str) -> N
         ],
     }
     task, begin = record(server, room, "rec_9201", layout, 5)
-    c = client(server)
-    for t in ingests:
-        call(c, "StopStreamIngest", {"SdkAppId": APP_ID, "TaskId": t})
-    call(c, "DeleteCloudRecording", {"SdkAppId": APP_ID, "TaskId": task})
+    stop_all(server, task, ingests)
     wait_ended(server, task)
     mp4 = server.storage / "visuals" / task / f"{APP_ID}_{room}_1.mp4"
     a, b = sample_frame(mp4, 2.6), sample_frame(mp4, 3.6)
@@ -110,10 +107,7 @@ def test_broken_picture_costs_only_its_area(server: Server, media_url: str) -> N
               "BackgroundImageRenderMode": 2,
               "MixLayoutList": [{"Top": 0, "Left": 0, "Width": 320, "Height": 180, "UserId": "alice"}]}
     task, _ = record(server, room, "rec_9202", layout, 3)
-    c = client(server)
-    for t in ingests:
-        call(c, "StopStreamIngest", {"SdkAppId": APP_ID, "TaskId": t})
-    call(c, "DeleteCloudRecording", {"SdkAppId": APP_ID, "TaskId": task})
+    stop_all(server, task, ingests)
     wait_ended(server, task)
     rgb = sample_frame(server.storage / "visuals" / task / f"{APP_ID}_{room}_1.mp4", 2.0)
     assert rgb_close(rgb[90, 160], COLORS[0])  # the recording itself is fine

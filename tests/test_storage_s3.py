@@ -19,6 +19,7 @@ import av
 import httpx
 import pytest
 
+from cloudrec.storage.playlist import segment_names
 from tests.callback_receiver import Receiver
 from tests.s3_servers import ACCESS_KEY, SECRET_KEY, Seaweed, seaweed
 from tests.support import Server, call, client, probe, running_server, served_samples, usersig, wait_for
@@ -98,7 +99,7 @@ class BucketWatcher:
                 for key in [k for k in self.s3.keys(BUCKET) if k.endswith(".m3u8")]:
                     text = client.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode()
                     folder = key.rsplit("/", 1)[0]
-                    for name in (ln for ln in text.splitlines() if ln and not ln.startswith("#")):
+                    for name in segment_names(text):
                         try:
                             client.head_object(Bucket=BUCKET, Key=f"{folder}/{name}")
                         except client.exceptions.ClientError:
@@ -149,7 +150,7 @@ def download_hls(s3: Seaweed, key: str, into: Path) -> tuple[Path, list[str]]:
     into.mkdir(parents=True, exist_ok=True)
     folder, name = key.rsplit("/", 1)
     text = s3.get(BUCKET, key).decode()
-    segments = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
+    segments = segment_names(text)
     for seg in segments:
         (into / seg).write_bytes(s3.get(BUCKET, f"{folder}/{seg}"))
     (into / name).write_text(text)

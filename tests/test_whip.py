@@ -165,6 +165,19 @@ async def publish_h264(base: str, sample: Path, user: str = "alice", extra: str 
     return pc, [video, audio], reply
 
 
+def stop_players(players: list[MediaPlayer]) -> None:
+    for p in players:
+        for t in (p.video, p.audio):
+            if t:
+                t.stop()
+
+
+async def close_all(pcs: list[RTCPeerConnection], players: list[MediaPlayer]) -> None:
+    for pc in pcs:
+        await pc.close()
+    stop_players(players)
+
+
 async def test_h264_publish_is_stream_copied_and_records(tmp_path: Path, sample_ts: Path) -> None:
     registry = RoomRegistry()
     gateway = WebRtcGateway(registry, media_timeout=MEDIA_TIMEOUT)
@@ -191,12 +204,7 @@ async def test_h264_publish_is_stream_copied_and_records(tmp_path: Path, sample_
                 assert (await http.delete(base + reply.headers["location"])).status_code == 404
             assert room.participant("alice") is None and gateway.sessions == 0
         finally:
-            await pc.close()
-            for p in players:
-                if p.video:
-                    p.video.stop()
-                if p.audio:
-                    p.audio.stop()
+            await close_all([pc], players)
 
     video, audio = got[TrackKind.MAIN], got[TrackKind.AUDIO]
     # stream copy: the file's own parameter sets and slices, byte for byte, as Annex-B units
@@ -264,8 +272,7 @@ async def test_vp8_publish_when_no_h264_offered(sample_mp4: Path) -> None:
             assert participant is not None and set(participant.tracks) == {TrackKind.AUX}
             got = await collect({TrackKind.AUX: participant.tracks[TrackKind.AUX].subscribe(maxsize=4096)}, limit=10)
         finally:
-            await pc.close()
-            player.video.stop()
+            await close_all([pc], [player])
     units = got[TrackKind.AUX]
     assert len(units) >= SECONDS * FPS * 0.7
     assert units[0].key and units[0].info.codec == "vp8" and (units[0].info.width, units[0].info.height) == (320, 240)
@@ -273,15 +280,6 @@ async def test_vp8_publish_when_no_h264_offered(sample_mp4: Path) -> None:
     frames = [f for u in units for f in decoder.decode(u)] + decoder.flush()
     assert len(frames) >= len(units) - 1 and decoder.errors == 0
     assert isinstance(frames[0], av.VideoFrame) and frames[0].height == 240
-
-
-async def close_all(pcs: list[RTCPeerConnection], players: list[MediaPlayer]) -> None:
-    for pc in pcs:
-        await pc.close()
-    for p in players:
-        for t in (p.video, p.audio):
-            if t:
-                t.stop()
 
 
 async def test_camera_and_screen_share_are_two_sessions_and_removal_hangs_up(sample_ts: Path) -> None:
@@ -429,10 +427,7 @@ async def test_abrupt_disconnect_and_silent_publisher_leave(sample_ts: Path, cap
         track = room.participant("carol").tracks[TrackKind.MAIN]  # type: ignore[union-attr]
         assert await wait_for(lambda: track.units > 5, 10)
         # the client vanishes without DELETE (no BYE, no DTLS close reaches us in time)
-        for p in players:
-            for t in (p.video, p.audio):
-                if t:
-                    t.stop()
+        stop_players(players)
         await pc.close()
         t0 = time.monotonic()
         assert await wait_for(lambda: room.participant("carol") is None, MEDIA_TIMEOUT + 5)
@@ -487,12 +482,7 @@ async def test_whep_viewer_receives_the_publisher(sample_ts: Path) -> None:
         finally:
             for s in sinks.values():
                 s.task.cancel()
-            await viewer.close()
-            await pc.close()
-            for p in players:
-                for t in (p.video, p.audio):
-                    if t:
-                        t.stop()
+            await close_all([viewer, pc], players)
 
 
 async def test_whep_viewer_of_a_pulled_mp4_gets_its_h264_without_reencoding(sample_mp4: Path) -> None:
