@@ -34,6 +34,8 @@ from cloudrec.core.media import MediaUnit, PacketSink, StreamInfo, UnitSource
 from cloudrec.core.spec import AudioEncoding, VideoEncoding
 from cloudrec.media import timing
 from cloudrec.media.decode import Decoder
+from cloudrec.core.aac import adts_audio_config, is_adts
+from cloudrec.core.h264 import is_annexb
 from cloudrec.media.encoder import AudioEncoder, VideoEncoder
 
 logger = logging.getLogger(__name__)
@@ -42,19 +44,9 @@ START_WAIT_SECONDS = 1.0
 POLL_SECONDS = 0.01
 
 
-def adts_audio_config(data: bytes) -> bytes | None:
-    """The AudioSpecificConfig equivalent to an ADTS header (None if `data` is not ADTS)."""
-    if len(data) < 7 or data[0] != 0xFF or data[1] & 0xF6 != 0xF0:
-        return None
-    object_type = (data[2] >> 6) + 1
-    rate_index = (data[2] >> 2) & 0x0F
-    channels = ((data[2] & 0x01) << 2) | (data[3] >> 6)
-    return ((object_type << 11) | (rate_index << 7) | (channels << 3)).to_bytes(2, "big")
-
-
 def plausible_h264(data: bytes, extradata: bytes | None) -> bool:
     """Whether an H.264 unit is well-formed Annex-B or AVCC (its NAL lengths add up exactly)."""
-    if data.startswith(b"\x00\x00\x01") or data.startswith(b"\x00\x00\x00\x01"):
+    if is_annexb(data):
         return True
     size = (extradata[4] & 0x03) + 1 if extradata and extradata[0] == 1 and len(extradata) > 4 else 4
     pos = 0
@@ -217,10 +209,8 @@ class SinglePipeline:
         return True
 
     def _completed(self, info: StreamInfo, unit: MediaUnit) -> StreamInfo:
-        if info.codec == "aac" and not info.extradata:
-            config = adts_audio_config(unit.data)
-            if config is not None:
-                return replace(info, extradata=config)
+        if info.codec == "aac" and not info.extradata and is_adts(unit.data):
+            return replace(info, extradata=adts_audio_config(unit.data))
         return info
 
     def _maybe_start(self) -> None:

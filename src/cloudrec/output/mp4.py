@@ -30,6 +30,7 @@ from av.stream import Stream
 from av.video.codeccontext import VideoCodecContext
 
 from cloudrec.core import naming
+from cloudrec.core.aac import adts_audio_config, adts_sample_rate, is_adts, strip_adts
 from cloudrec.core.h264 import annexb_nals, is_annexb
 from cloudrec.core.media import MediaUnit, PacketSink, StreamInfo
 from cloudrec.output.target import SinkTarget
@@ -51,7 +52,6 @@ MP4_OPTIONS = {
 # Bitstream helpers (H.264 Annex-B / AVCC, AAC ADTS / AudioSpecificConfig)
 
 _START4 = b"\x00\x00\x00\x01"
-_AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
 
 
 def h264_parameter_sets(data: bytes) -> bytes | None:
@@ -62,32 +62,6 @@ def h264_parameter_sets(data: bytes) -> bytes | None:
     if not any(n[0] & 0x1F == 7 for n in sets) or not any(n[0] & 0x1F == 8 for n in sets):
         return None
     return b"".join(_START4 + n for n in sets)
-
-
-def is_adts(data: bytes) -> bool:
-    return len(data) >= 7 and data[0] == 0xFF and data[1] & 0xF6 == 0xF0
-
-
-def adts_header_size(data: bytes) -> int:
-    return 7 if data[1] & 0x01 else 9
-
-
-def adts_audio_config(data: bytes) -> bytes:
-    """The AudioSpecificConfig equivalent to an ADTS header."""
-    object_type = (data[2] >> 6) + 1
-    rate_index = (data[2] >> 2) & 0x0F
-    channels = ((data[2] & 0x01) << 2) | (data[3] >> 6)
-    value = (object_type << 11) | (rate_index << 7) | (channels << 3)
-    return value.to_bytes(2, "big")
-
-
-def adts_sample_rate(data: bytes) -> int:
-    index = (data[2] >> 2) & 0x0F
-    return _AAC_RATES[index] if index < len(_AAC_RATES) else 0
-
-
-def strip_adts(data: bytes) -> bytes:
-    return data[adts_header_size(data) :] if is_adts(data) else data
 
 
 def complete_info(info: StreamInfo, unit: MediaUnit) -> StreamInfo:

@@ -51,7 +51,8 @@ from enum import IntEnum
 from fractions import Fraction
 from typing import Any, TypeAlias
 
-from cloudrec.core.h264 import BitReader, avcc_sps, parse_sps
+from cloudrec.core.aac import parse_audio_specific_config
+from cloudrec.core.h264 import avcc_sps, parse_sps
 from cloudrec.core.media import MediaUnit, StreamInfo
 from cloudrec.core.rooms import RoomKey
 from cloudrec.core.spec import TrackKind
@@ -462,37 +463,9 @@ def encode_message(csid: int, type_id: int, payload: bytes, *, chunk_size: int, 
 # =============================================================================================
 # FLV payloads: H.264 (avcC, SPS) and AAC (AudioSpecificConfig)
 
-_AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
 _VIDEO_CODECS = {2: "h263", 3: "screen", 4: "vp6", 5: "vp6a", 6: "screen2", 7: "h264", 12: "hevc", 13: "av1"}
 _AUDIO_CODECS = {0: "pcm", 1: "adpcm", 2: "mp3", 3: "pcm_le", 4: "nellymoser16", 5: "nellymoser8", 6: "nellymoser",
                  7: "alaw", 8: "mulaw", 9: "enhanced", 10: "aac", 11: "speex", 14: "mp3_8k"}
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AacConfig:
-    object_type: int
-    sample_rate: int
-    channels: int
-
-
-def parse_audio_specific_config(asc: bytes) -> AacConfig:
-    r = BitReader(asc)
-
-    def rate() -> int:
-        index = r.u(4)
-        return r.u(24) if index == 15 else (_AAC_RATES[index] if index < len(_AAC_RATES) else 0)
-
-    object_type = r.u(5)
-    if object_type == 31:
-        object_type = 32 + r.u(6)
-    sample_rate = rate()
-    config = r.u(4)
-    channels = 8 if config == 7 else (config if config <= 6 else 0)
-    if object_type in (5, 29):  # explicit SBR (HE-AAC) / PS: the output rate is the extension's
-        sample_rate = rate()
-        if object_type == 29 and channels == 1:
-            channels = 2
-    return AacConfig(object_type=object_type, sample_rate=sample_rate, channels=channels)
 
 
 # =============================================================================================
@@ -1072,6 +1045,4 @@ __all__ = [
     "amf0_decode",
     "amf0_encode",
     "encode_message",
-    "parse_audio_specific_config",
-    "parse_sps",
 ]
