@@ -19,6 +19,7 @@ from cloudrec.core.metrics import Metrics
 from cloudrec.control.rooms import RoomControl
 from cloudrec.control.tasks import TaskControl
 from cloudrec.dialects.tencent.callbacks import TrtcCallbacks
+from cloudrec.dialects.tencent.css_push import CssPushAuth, PushDomain, PushRefused
 from cloudrec.dialects.tencent.gateway import TencentGateway
 from cloudrec.dialects.tencent.publish import PublishDenied, PublisherAuth
 from cloudrec.dialects.tencent.trtc import DIALECT as TRTC_DIALECT
@@ -85,6 +86,8 @@ class Service:
         )
         self.ready = False
         self.publishers = PublisherAuth(apps)
+        self.css_push = CssPushAuth([PushDomain(name=d.name, key=d.push_key, backup_key=d.backup_push_key, default=d.default)
+                                     for d in settings.css.domains])
         self.webrtc = WebRtcGateway(self.registry, host_addresses=settings.ice_host_addresses,
                                     ice_servers=settings.ice_servers)
         self.rtmp = RtmpServer(self.registry, self._authorize_rtmp, host=settings.rtmp_host, port=settings.rtmp_port)
@@ -119,7 +122,10 @@ class Service:
         return router, uploader
 
     async def _authorize_rtmp(self, request: PublishRequest) -> PublishGrant | None:
-        """`rtmp://host/push/<RoomId>?sdkappid=…&userid=…&usersig=…[&streamtype=main|aux]`; refused at `publish`."""
+        """`rtmp://host/push/<RoomId>?sdkappid=…&userid=…&usersig=…[&streamtype=main|aux]`; refused at `publish`.
+        Without `sdkappid`, and with [[css.domains]] configured, a Tencent CSS push (`_authorize_css_rtmp`)."""
+        if "sdkappid" not in request.query and self.css_push.enabled:
+            return self._authorize_css_rtmp(request)
         track = STREAM_TYPES.get(request.query.get("streamtype", "main").lower())
         if track is None:
             logger.info("rtmp publish refused", extra={"remote": request.remote, "reason": "streamtype must be main or aux"})
@@ -130,6 +136,16 @@ class Service:
             logger.info("rtmp publish refused", extra={"remote": request.remote, "reason": exc.reason})
             return None
         return PublishGrant(room=admission.room, user_id=admission.user_id, track=track)
+
+    def _authorize_css_rtmp(self, request: PublishRequest) -> PublishGrant | None:
+        """`rtmp://<push-domain>/<AppName>/<StreamName>?txSecret=…&txTime=…`: the stream's CSS room."""
+        try:
+            push = self.css_push.admit(host=request.host, app_name=request.app, stream_name=request.stream,
+                                       query=request.query)
+        except PushRefused as exc:
+            logger.info("rtmp publish refused", extra={"remote": request.remote, "host": request.host, "reason": exc.reason})
+            return None
+        return PublishGrant(room=push.room, user_id=push.user_id)
 
     async def _authorize_webrtc(self, request: WebRtcRequest) -> WebRtcGrant | None:
         """WHIP publishers and WHEP viewers prove `?userid=` with their UserSig as the bearer token."""

@@ -82,6 +82,29 @@ class VodSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CssDomain:
+    """[[css.domains]]: a Tencent CSS push domain (the `DomainName` of the API, `app` of callbacks)."""
+
+    name: str
+    push_key: str = field(default="", repr=False)  # txSecret key; "" = push authentication off
+    backup_push_key: str = field(default="", repr=False)  # a second key that also validates
+    callback_url: str = ""  # record callbacks (event_type 100); "" = none
+    callback_key: str = field(default="", repr=False)  # `sign` = MD5(callback_key + t)
+    default: bool = False  # the domain of pushes whose tcUrl host matches no domain
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CssSettings:
+    """[css]: the Tencent CSS (live) dialect."""
+
+    appid: int = 0  # the account APPID reported as `appid` in callbacks
+    domains: tuple[CssDomain, ...] = ()
+
+    def domain(self, name: str) -> CssDomain | None:
+        return next((d for d in self.domains if d.name == name), None)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     http_host: str = "127.0.0.1"
     http_port: int = 8080
@@ -108,6 +131,7 @@ class Settings:
     vod_playback_base_url: str = ""  # [vod] playback_base_url: VOD callbacks' URLs are <this>/<TaskId>/<file>
     storage: StorageSettings = StorageSettings()
     vod: VodSettings = VodSettings()
+    css: CssSettings = CssSettings()
 
     @property
     def storage_dir(self) -> Path:
@@ -198,6 +222,32 @@ def _vod(raw: dict[str, Any]) -> VodSettings:
                        access_key=str(raw.get("access_key", "")), secret_key=str(raw.get("secret_key", "")))
 
 
+def _css(raw: Any) -> CssSettings:
+    if not isinstance(raw, dict):
+        raise InvalidRequest("[css] must be a table", field="css")
+    appid = raw.get("appid", 0)
+    if not isinstance(appid, int) or isinstance(appid, bool) or appid < 0:
+        raise InvalidRequest("[css] appid must be a non-negative integer", field="css")
+    domains: list[CssDomain] = []
+    for d in raw.get("domains", []):
+        if not isinstance(d, dict) or not isinstance(d.get("name"), str) or not d["name"].strip():
+            raise InvalidRequest("each [[css.domains]] needs a name", field="css.domains")
+        texts = {k: d.get(k, "") for k in ("push_key", "backup_push_key", "callback_url", "callback_key")}
+        if not all(isinstance(v, str) for v in texts.values()) or not isinstance(d.get("default", False), bool):
+            raise InvalidRequest("[[css.domains]] keys and URLs must be strings, default a boolean", field="css.domains")
+        url = texts["callback_url"]
+        if url and not url.startswith(("http://", "https://")):
+            raise InvalidRequest("[[css.domains]] callback_url must be an http(s) URL", field="css.domains")
+        domains.append(CssDomain(name=d["name"].strip().lower(), push_key=texts["push_key"],
+                                 backup_push_key=texts["backup_push_key"], callback_url=url,
+                                 callback_key=texts["callback_key"], default=bool(d.get("default", False))))
+    if len({d.name for d in domains}) != len(domains):
+        raise InvalidRequest("[[css.domains]] names must be unique", field="css.domains")
+    if sum(d.default for d in domains) > 1:
+        raise InvalidRequest("at most one [[css.domains]] may be the default", field="css.domains")
+    return CssSettings(appid=appid, domains=tuple(domains))
+
+
 def parse_settings(raw: dict[str, Any], base_dir: Path) -> Settings:
     server = raw.get("server", {})
     limits = raw.get("limits", {})
@@ -257,6 +307,7 @@ def parse_settings(raw: dict[str, Any], base_dir: Path) -> Settings:
         vod_playback_base_url=str(raw.get("vod", {}).get("playback_base_url", "")),
         storage=_storage(raw.get("storage", {})),
         vod=_vod(raw.get("vod", {})),
+        css=_css(raw.get("css", {})),
     )
 
 

@@ -128,6 +128,14 @@ class PublishRequest:
     tc_url: str
     remote: str  # "host:port" of the peer
 
+    @property
+    def host(self) -> str:
+        """The host the publisher says it connected to (the tcUrl's, lower case; "" without one)."""
+        try:
+            return urllib.parse.urlsplit(self.tc_url).hostname or ""
+        except ValueError:  # a malformed tcUrl (e.g. a bad IPv6 literal) names no host
+            return ""
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PublishGrant:
