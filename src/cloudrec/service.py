@@ -10,12 +10,13 @@ import socket
 import uvicorn
 
 from cloudrec.api.app import create_app
-from cloudrec.api.whip import STREAM_TYPES, InvalidToken, WebRtcGrant, WebRtcRequest, webrtc_routes
+from cloudrec.api.whip import CSS_PUSH, STREAM_TYPES, InvalidToken, WebRtcGrant, WebRtcRequest, webrtc_routes
 from cloudrec.callbacks.notifier import Notifier, NotifierConfig, Receiver
 from cloudrec.control.apps import AppInfo
 from cloudrec.control.limits import RateLimiter
 from cloudrec.control.metrics import MetricsReport
 from cloudrec.core.metrics import Metrics
+from cloudrec.core.spec import TrackKind
 from cloudrec.control.rooms import RoomControl
 from cloudrec.control.tasks import TaskControl
 from cloudrec.dialects.tencent.callbacks import TrtcCallbacks
@@ -148,7 +149,10 @@ class Service:
         return PublishGrant(room=push.room, user_id=push.user_id)
 
     async def _authorize_webrtc(self, request: WebRtcRequest) -> WebRtcGrant | None:
-        """WHIP publishers and WHEP viewers prove `?userid=` with their UserSig as the bearer token."""
+        """WHIP publishers and WHEP viewers prove `?userid=` with their UserSig as the bearer token.
+        CSS pushes (`/whip/css/…`) are `_authorize_css_whip`'s."""
+        if request.app_id == CSS_PUSH and request.kind == "whip":
+            return self._authorize_css_whip(request)
         try:
             admission = self.publishers.admit(
                 app_id=request.app_id, room_id=request.room_id, user_id=request.query.get("userid", ""),
@@ -161,6 +165,21 @@ class Service:
                 raise InvalidToken(exc.reason) from exc
             return None
         return WebRtcGrant(room=admission.room, user_id=admission.user_id)
+
+    def _authorize_css_whip(self, request: WebRtcRequest) -> WebRtcGrant | None:
+        """`/whip/css/<AppName>/<StreamName>?txSecret=…&txTime=…[&domain=…]`: the domain is `domain=`, else the
+        host the client addressed (as the RTMP tcUrl host)."""
+        if not self.css_push.enabled or request.stream_type is not TrackKind.MAIN:
+            return None
+        app_name, _, stream_name = request.room_id.partition("/")
+        query = {k: v for k, v in request.query.items() if k != "domain"}
+        try:
+            push = self.css_push.admit(host=request.query.get("domain") or request.host, app_name=app_name,
+                                       stream_name=stream_name, query=query)
+        except PushRefused as exc:
+            logger.info("webrtc refused", extra={"kind": request.kind, "host": request.host, "reason": exc.reason})
+            return None
+        return WebRtcGrant(room=push.room, user_id=push.user_id)
 
     def _receiver(self, app_id: int) -> Receiver | None:
         app = self.settings.app(app_id)

@@ -4,9 +4,13 @@
     DELETE /whip/session/{id}                                                           → 200 | 404
     POST   /whep/{sdkappid}/{roomid}/{userid}[?streamtype=main|aux]                      → 201 + answer
     DELETE /whep/session/{id}                                                           → 200 | 404
+    POST   /whip/css/{AppName}/{StreamName}?txSecret=..&txTime=..[&domain=..]             → 201 + answer
 
-POSTs carry `Authorization: Bearer <token>` and `Content-Type: application/sdp`. Who may do what is
-decided by the `authorize` coroutine the composition root passes in: it returns a `WebRtcGrant`
+POSTs carry `Authorization: Bearer <token>` and `Content-Type: application/sdp`; a Tencent CSS push
+(`/whip/css/…`) signs its URL instead and needs no bearer: its request has `app_id` "css",
+`room_id` "<AppName>/<StreamName>" and `host` = the HTTP host the client used (its push domain).
+
+Who may do what is decided by the `authorize` coroutine the composition root passes in: it returns a `WebRtcGrant`
 (the room and the user id to act as), None to refuse (403), or raises `InvalidToken` (401). A
 missing bearer is 401 without asking it. The session URL returned in `Location` is the capability
 to end the session (its id is unguessable), as in WHIP.
@@ -39,6 +43,7 @@ CORS_HEADERS = {
     "Access-Control-Max-Age": "600",
 }
 STREAM_TYPES = {"main": TrackKind.MAIN, "aux": TrackKind.AUX}
+CSS_PUSH = "css"  # the `app_id` of CSS pushes (/whip/css/<AppName>/<StreamName>)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -52,6 +57,7 @@ class WebRtcRequest:
     stream_type: TrackKind  # MAIN or AUX
     query: Mapping[str, str] = field(default_factory=dict)  # userid, roomidtype, … as sent
     target_user_id: str | None = None  # WHEP: whose tracks to play
+    host: str = ""  # the host the client addressed (the HTTP Host header's)
 
     def __repr__(self) -> str:
         return (f"WebRtcRequest(kind={self.kind!r}, app_id={self.app_id!r}, room_id={self.room_id!r}, token='***', "
@@ -109,11 +115,11 @@ def webrtc_routes(gateway: WebRtcGateway, authorize: Authorize) -> list[Route]:
     async def preflight(_: Request) -> Response:
         return Response(status_code=204, headers=CORS_HEADERS)
 
-    async def offer(request: Request, kind: Literal["whip", "whep"]) -> Response:
+    async def offer(request: Request, kind: Literal["whip", "whep"], *, css: bool = False) -> Response:
         if request.method == "OPTIONS":
             return await preflight(request)
         token = _bearer(request)
-        if token is None:
+        if token is None and not css:  # a CSS push is signed in its URL (txSecret)
             return _plain(401, "missing bearer token", {"WWW-Authenticate": "Bearer"})
         stream = request.query_params.get("streamtype", "main").lower()
         stream_type = STREAM_TYPES.get(stream)
@@ -124,12 +130,14 @@ def webrtc_routes(gateway: WebRtcGateway, authorize: Authorize) -> list[Route]:
             return sdp
         req = WebRtcRequest(
             kind=kind,
-            app_id=request.path_params["sdkappid"],
-            room_id=request.path_params["roomid"],
-            token=token,
+            app_id=CSS_PUSH if css else request.path_params["sdkappid"],
+            room_id=f"{request.path_params['app_name']}/{request.path_params['stream_name']}" if css
+            else request.path_params["roomid"],
+            token=token or "",
             stream_type=stream_type,
             query=dict(request.query_params),
             target_user_id=request.path_params.get("userid") if kind == "whep" else None,
+            host=request.url.hostname or "",
         )
         try:
             grant = await authorize(req)
@@ -158,6 +166,9 @@ def webrtc_routes(gateway: WebRtcGateway, authorize: Authorize) -> list[Route]:
     async def whip(request: Request) -> Response:
         return await offer(request, "whip")
 
+    async def whip_css(request: Request) -> Response:
+        return await offer(request, "whip", css=True)
+
     async def whep(request: Request) -> Response:
         return await offer(request, "whep")
 
@@ -171,6 +182,7 @@ def webrtc_routes(gateway: WebRtcGateway, authorize: Authorize) -> list[Route]:
     return [
         Route("/whip/session/{session_id}", session, methods=["DELETE", "OPTIONS"]),
         Route("/whep/session/{session_id}", session, methods=["DELETE", "OPTIONS"]),
+        Route(f"/whip/{CSS_PUSH}/{{app_name}}/{{stream_name}}", whip_css, methods=["POST", "OPTIONS"]),
         Route("/whip/{sdkappid}/{roomid}", whip, methods=["POST", "OPTIONS"]),
         Route("/whep/{sdkappid}/{roomid}/{userid}", whep, methods=["POST", "OPTIONS"]),
     ]

@@ -1,5 +1,6 @@
 """CSS pushes into the whole service: real ffmpeg RTMP publishers with signed (and badly signed,
-expired, unsigned) push URLs, admitted into the stream's CSS room next to TRTC pushes."""
+expired, unsigned) push URLs, admitted into the stream's CSS room next to TRTC pushes; and an aiortc
+WHIP publisher on /whip/css/…"""
 
 from __future__ import annotations
 
@@ -8,14 +9,18 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import imageio_ffmpeg
 import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.contrib.media import MediaPlayer
 
 from cloudrec.core.rooms import RoomIdType, RoomKey
 from cloudrec.core.spec import TrackKind
 from cloudrec.dialects.tencent.css_push import push_query, tx_secret, tx_time
 from cloudrec.dialects.tencent.css_rooms import stream_room
 from cloudrec.rooms.registry import Participant
+from cloudrec.rooms.whip import ice_host_addresses
 from cloudrec.service import Service
 from cloudrec.settings import parse_settings
 from cloudrec.tools.samples import PALETTE, SampleSpec, write_sample
@@ -80,13 +85,14 @@ async def exit_code(proc: asyncio.subprocess.Process, timeout: float = 30) -> in
     return proc.returncode
 
 
-async def publisher(svc: Service, domain: str, app: str, stream: str, timeout: float = 15) -> Participant:
-    """The stream's publisher in its CSS room, once its audio and video have arrived."""
+async def publisher(svc: Service, domain: str, app: str, stream: str, timeout: float = 15,
+                    tracks: frozenset[TrackKind] | set[TrackKind] = frozenset({TrackKind.MAIN, TrackKind.AUDIO})) -> Participant:
+    """The stream's publisher in its CSS room, once `tracks` have arrived."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         room = svc.registry.find(stream_room(domain, app, stream))
         who = room.participant(stream) if room is not None else None
-        if who is not None and {TrackKind.MAIN, TrackKind.AUDIO} <= set(who.tracks):
+        if who is not None and set(tracks) <= set(who.tracks):
             return who
         await asyncio.sleep(0.05)
     raise AssertionError(f"no publisher {stream!r} in {domain}/{app}")
@@ -144,3 +150,43 @@ async def test_trtc_pushes_still_go_to_trtc_rooms(service: Service, clip: Path) 
     bad = await push(service, f"push/8801?sdkappid={APP_ID}&userid=eve&usersig={usersig('someone')}", clip)
     assert await exit_code(bad, 20) != 0
     assert await exit_code(proc) == 0
+
+
+async def test_whip_css_push(service: Service, clip: Path) -> None:
+    stream = "webrtc1"
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    annexb = write_sample(SampleSpec(path=clip.with_name("clip.ts"), label="css", color=PALETTE[2], seconds=4, gop=15))
+    player = MediaPlayer(str(annexb), decode=False)  # the clip's own H.264 (aiortc sends Annex-B as it is)
+    assert player.video is not None
+    pc.addTrack(player.video)
+    with ice_host_addresses(["127.0.0.1"]):
+        await pc.setLocalDescription(await pc.createOffer())
+    base = f"http://127.0.0.1:{service.settings.http_port}/whip/css/live/{stream}"
+    sdp = {"Content-Type": "application/sdp"}
+    expiry = int(time.time()) + 600
+    try:
+        async with httpx.AsyncClient(timeout=15) as http:
+            # The domain is the Host the client addressed (here: the signed domain's, so its key applies) …
+            bad = await http.post(f"{base}?txSecret={tx_secret('wrong', stream, tx_time(expiry))}&txTime={tx_time(expiry)}",
+                                  content=pc.localDescription.sdp, headers={**sdp, "Host": DOMAIN})
+            assert bad.status_code == 403
+            unsigned = await http.post(f"{base}?domain={DOMAIN}", content=pc.localDescription.sdp, headers=sdp)
+            assert unsigned.status_code == 403
+            # … or `domain=`, for clients that reach us by address.
+            reply = await http.post(f"{base}?{push_query(KEY, stream, expiry)}&domain={DOMAIN}",
+                                    content=pc.localDescription.sdp, headers=sdp)
+            assert reply.status_code == 201, reply.text
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=reply.text, type="answer"))
+            who = await publisher(service, DOMAIN, "live", stream, tracks={TrackKind.MAIN})
+            assert who.user_id == stream
+            sub = who.tracks[TrackKind.MAIN].subscribe()
+            units = []
+            async with asyncio.timeout(15):
+                while len(units) < 10:
+                    units += sub.drain()
+                    await asyncio.sleep(0.05)
+            assert units[0].info.codec == "h264"
+            assert (await http.delete(f"http://127.0.0.1:{service.settings.http_port}{reply.headers['location']}")
+                    ).status_code == 200
+    finally:
+        await pc.close()
