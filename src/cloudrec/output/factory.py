@@ -16,6 +16,7 @@ from cloudrec.core.media import PacketSink, StreamInfo
 from cloudrec.core.spec import Container
 from cloudrec.errors import InvalidRequest
 from cloudrec.output.audio import AudioFileSink
+from cloudrec.output.flv import FlvSink
 from cloudrec.output.hls import HlsSink
 from cloudrec.output.mp4 import MAX_FILE_BYTES, Mp4Sink, RotatingFileSink
 from cloudrec.output.target import SinkTarget
@@ -37,6 +38,7 @@ COMPATIBILITY: dict[Container, Compatibility] = {
     Container.MP4: Compatibility(video_codecs=frozenset({"h264", "hevc"}), audio_codecs=frozenset({"aac", "mp3"})),
     Container.AAC: Compatibility(video_codecs=frozenset(), audio_codecs=frozenset({"aac"}), needs_audio=True),
     Container.MP3: Compatibility(video_codecs=frozenset(), audio_codecs=frozenset({"mp3"}), needs_audio=True),
+    Container.FLV: Compatibility(video_codecs=frozenset({"h264"}), audio_codecs=frozenset({"aac"})),  # classic FLV tags
 }
 
 
@@ -83,7 +85,7 @@ def make_sinks(
     first_index: int = 1,
     continue_hls: HlsSink | None = None,
 ) -> list[PacketSink]:
-    """One sink per output kind, in a stable order (HLS, MP4, AAC, MP3).
+    """One sink per output kind, in a stable order (HLS, MP4, AAC, MP3, FLV).
 
     AAC/MP3 files take the audio stream only; with video present that needs `extract_audio`.
     `first_index`/`continue_hls` continue an earlier set (see `SinkFactory`).
@@ -102,6 +104,8 @@ def make_sinks(
             sinks.append(HlsSink(target, segment_seconds=segment_seconds, continue_from=continue_hls))
         elif output is Container.MP4:
             sinks.append(Mp4Sink(target, max_seconds=max_file_seconds, max_bytes=max_file_bytes, first_index=first_index))
+        elif output is Container.FLV:
+            sinks.append(FlvSink(target, max_seconds=max_file_seconds, max_bytes=max_file_bytes, first_index=first_index))
         else:
             sinks.append(AudioFileSink(target, codec=audio_codec, max_seconds=max_file_seconds, max_bytes=max_file_bytes,
                                        first_index=first_index))
