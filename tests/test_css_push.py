@@ -114,6 +114,7 @@ def test_settings_domains() -> None:
     d = s.css.domain("push.example.com")
     assert d is not None and (d.push_key, d.backup_push_key, d.callback_url, d.callback_key, d.default) == \
         ("pk-secret", "bk-secret", "http://127.0.0.1:9/cb", "ck-secret", True)
+    assert s.css.domain("PUSH.example.COM") is d
     other = s.css.domain("other.example.com")
     assert other is not None and (other.push_key, other.callback_url, other.default) == ("", "", False)
     assert "secret" not in repr(s)  # keys never in a repr (logs)

@@ -101,6 +101,8 @@ class CssSettings:
     domains: tuple[CssDomain, ...] = ()
 
     def domain(self, name: str) -> CssDomain | None:
+        """The domain called `name` (DNS names: without case)."""
+        name = name.lower()
         return next((d for d in self.domains if d.name == name), None)
 
 
