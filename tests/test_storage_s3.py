@@ -30,9 +30,10 @@ CB_KEY = "storageCbKey21"
 BUCKET = "recordings"
 
 
-def config(s3: Seaweed, receiver: Receiver) -> str:
+def config(s3: Seaweed, receiver: Receiver, storage: str = "") -> str:
     return f"""
 [storage]
+{storage}
 backoff_initial_seconds = 0.5
 backoff_max_seconds = 2
 finish_wait_seconds = 5
@@ -281,3 +282,36 @@ def test_s3_outage_loses_nothing(rec_server: Server, s3: Seaweed, receiver: Rece
     assert float(re.search(r"^cloudrec_upload_retries_total (\S+)$", metrics, re.M).group(1)) > 0  # type: ignore[union-attr]
     assert re.search(r"^cloudrec_upload_backlog 0$", metrics, re.M)
     assert watcher.missing == []
+
+
+def test_stranded_files_are_stored_when_storage_returns(s3: Seaweed, receiver: Receiver, media_url: str,
+                                                        tmp_path: Path) -> None:
+    """Storage down longer than `retry_seconds`: files are given up (305 Status 1) and kept; when the
+    storage is back, the periodic retry stores them and a second 305 says Status 2 (recovered)."""
+    short = "retry_seconds = 1\nstranded_retry_seconds = 2"
+    with running_server(tmp_path / "srv", config(s3, receiver, short)) as server:
+        room = "5303"
+        ingest = start_ingest(server, room, media_url, "alice")
+        task = record(server, room, cloud_storage(["stranded"]))
+        wait_for(lambda: 307 in receiver.types(task), 30, what="first segment stored")
+        s3.kill()
+        try:
+            time.sleep(4)
+            stop(server, "DeleteCloudRecording", task)
+            stop(server, "StopStreamIngest", ingest)
+            wait_for(lambda: 305 in receiver.types(task), 30, what="the end reported while storage is down")
+        finally:
+            s3.start()
+        finished = [g.json["EventInfo"]["Payload"]["Status"] for g in receiver.delivered(task) if g.event_type == 305]
+        assert finished == [1]  # stranded
+        wait_for(lambda: receiver.types(task).count(305) == 2, 30, what="the recovery")
+        finished = [g.json["EventInfo"]["Payload"]["Status"] for g in receiver.delivered(task) if g.event_type == 305]
+        assert finished == [1, 2]
+        assert receiver.types(task).count(308) == 1  # the retries of stranded files add no new 308
+        base = f"{APP}_{room}"
+        mp4 = tmp_path / "stranded.mp4"
+        mp4.write_bytes(s3.get(BUCKET, f"stranded/{task}/{base}_1.mp4"))
+        with av.open(str(mp4)) as c:
+            assert c.duration is not None and c.duration / 1e6 > 3
+        playlist, segments = download_hls(s3, f"stranded/{task}/{base}.m3u8", tmp_path / "hls")
+        assert playlist.read_text().rstrip().endswith("#EXT-X-ENDLIST") and hls_seconds(playlist) > 3

@@ -126,6 +126,7 @@ class Service:
             node=st.node_id or socket.gethostname(), concurrency=st.concurrency, retry_seconds=st.retry_seconds,
             backoff_initial_seconds=st.backoff_initial_seconds, backoff_max_seconds=st.backoff_max_seconds,
             poll_seconds=st.poll_seconds, keep_spool=st.keep_spool, vod_playback_base_url=playback,
+            stranded_retry_seconds=st.stranded_retry_seconds, stranded_keep_seconds=st.stranded_keep_seconds,
         ), metrics=self.metrics)
         return router, uploader
 

@@ -63,6 +63,8 @@ class StorageSettings:
     backoff_max_seconds: float = 60.0
     poll_seconds: float = 0.5
     finish_wait_seconds: float = 10.0  # a stopping task waits this long for its uploads before it ends
+    stranded_retry_seconds: float = 600.0  # files given up (stranded in the spool) are tried again this often …
+    stranded_keep_seconds: float = 7 * 86400.0  # … for this long after they were queued
     multipart_threshold_mb: int = 64
     part_size_mb: int = 16
     node_id: str = ""  # whose spool rows this process uploads; "" = the host name
@@ -205,6 +207,8 @@ def _storage(raw: dict[str, Any]) -> StorageSettings:
             backoff_max_seconds=float(raw.get("backoff_max_seconds", 60)),
             poll_seconds=float(raw.get("poll_seconds", 0.5)),
             finish_wait_seconds=float(raw.get("finish_wait_seconds", 10)),
+            stranded_retry_seconds=float(raw.get("stranded_retry_seconds", 600)),
+            stranded_keep_seconds=float(raw.get("stranded_keep_seconds", 7 * 86400)),
             multipart_threshold_mb=int(raw.get("multipart_threshold_mb", 64)),
             part_size_mb=int(raw.get("part_size_mb", 16)),
             node_id=str(raw.get("node_id", "")),
@@ -212,7 +216,7 @@ def _storage(raw: dict[str, Any]) -> StorageSettings:
     except (TypeError, ValueError) as exc:
         raise InvalidRequest("[storage] values must be numbers or booleans", field="storage") from exc
     if min(st.concurrency, st.retry_seconds, st.backoff_initial_seconds, st.backoff_max_seconds, st.poll_seconds,
-           st.part_size_mb, st.multipart_threshold_mb) <= 0 or st.finish_wait_seconds < 0:
+           st.part_size_mb, st.multipart_threshold_mb, st.stranded_retry_seconds) <= 0 or st.stranded_keep_seconds < 0 or st.finish_wait_seconds < 0:
         raise InvalidRequest("[storage] values must be positive", field="storage")
     return st
 

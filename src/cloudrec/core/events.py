@@ -215,6 +215,12 @@ class UploadTracker:
                 "status": status, "files": [f.plain() for f in whole]}))
         return out
 
+    def recovered(self, at_ms: int) -> list[Event]:
+        """Every file the task's end reported as stranded has been stored since (bucket destinations)."""
+        if self.vod:
+            return []  # VOD reports per committed file; a late commit has no TRTC event of its own
+        return [Event(kind=EventKind.UPLOAD_FINISHED, at_ms=at_ms, payload={"status": UploadStatus.RECOVERED.value})]
+
     def _url(self, name: str) -> str:
         return f"{self.playback_base_url}/{self.task_id}/{name}" if self.playback_base_url else ""
 

@@ -31,6 +31,7 @@ from cloudrec.core.events import Event, EventKind, StoredFile, UploadTracker
 from cloudrec.core.metrics import Metrics
 from cloudrec.core.records import from_plain
 from cloudrec.core.spec import RecordingSpec, StorageTarget
+from cloudrec.core.states import TaskState
 from cloudrec.core.tasks import FileRecord, TaskRecord, UploadRecord
 from cloudrec.storage.base import StorageFailure
 from cloudrec.storage.playlist import publishable
@@ -53,6 +54,7 @@ class UploadQueue(Protocol):
                           events: Sequence[Event] = ()) -> None: ...
     async def upload_failed(self, upload_id: int, *, error: str, events: Sequence[Event] = ()) -> None: ...
     async def upload_retry(self, upload_id: int, *, error: str, next_ms: int) -> None: ...
+    async def revive_failed_uploads(self, node: str, *, since_ms: int) -> list[tuple[int, str]]: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,6 +67,8 @@ class UploaderConfig:
     poll_seconds: float = 0.5
     keep_spool: bool = False  # keep spooled files after a confirmed remote upload
     vod_playback_base_url: str = ""
+    stranded_retry_seconds: float = 600.0  # given-up files are tried again this often …
+    stranded_keep_seconds: float = 7 * 86400.0  # … while younger than this
 
 
 def _now_ms() -> int:
@@ -106,6 +110,9 @@ class Uploader:
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
         self._jobs: set[asyncio.Task[None]] = set()
+        self._revived: set[int] = set()  # stranded rows put back in the queue by this process
+        self._recovered: set[str] = set()  # tasks whose recovery was reported
+        self._next_revival = time.monotonic() + config.stranded_retry_seconds
         if metrics is not None:
             metrics.declare("cloudrec_uploaded_bytes_total", "counter", "bytes stored at remote destinations")
             metrics.declare("cloudrec_upload_retries_total", "counter", "uploads that failed and will be retried")
@@ -138,12 +145,44 @@ class Uploader:
     async def _run(self) -> None:
         while not self._stopping:
             try:
+                await self._revive()
                 await self._pass()
             except Exception:
                 logger.exception("upload pass failed")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.config.poll_seconds)
             self._wake.clear()
+
+    async def _revive(self) -> None:
+        """Now and then, give stranded files another chance (storage may be back, credentials fixed)."""
+        if time.monotonic() < self._next_revival or self.config.stranded_keep_seconds <= 0:
+            return
+        self._next_revival = time.monotonic() + self.config.stranded_retry_seconds
+        revived = await self.queue.revive_failed_uploads(
+            self.config.node, since_ms=_now_ms() - int(self.config.stranded_keep_seconds * 1000))
+        for upload_id, task_id in revived:
+            self._revived.add(upload_id)
+            self._settled.discard(upload_id)  # settled as failed earlier in this run
+            self._tasks.pop(task_id, None)  # its cached failures are stale
+            self._dirty.add(task_id)
+        if revived:
+            logger.info("stranded uploads retried", extra={"files": len(revived)})
+
+    async def _recovery(self, task: _Task, upload_id: int) -> None:
+        """A revived file is stored: if it was the ended task's last missing one, say so (305 Status 2)."""
+        if upload_id not in self._revived:
+            return
+        self._revived.discard(upload_id)
+        record = await self.queue.get_task(task.id)
+        if record is None or record.state is not TaskState.ENDED or task.id in self._recovered:
+            return
+        if any(u.state in ("pending", "failed") for u in await self.queue.task_uploads(task.id)):
+            return
+        if EventKind.UPLOAD_FINISHED not in await self.queue.event_kinds(task.id):
+            return  # the task's end was not reported yet: it will say everything was stored
+        self._recovered.add(task.id)
+        await self.queue.add_events(task.id, task.tracker.recovered(_now_ms()))
+        logger.info("stranded uploads recovered", extra={"task_id": task.id})
 
     async def _pass(self) -> None:
         rows = await self.queue.pending_uploads(self.config.node)
@@ -244,6 +283,7 @@ class Uploader:
         events = task.tracker.file_stored(_stored(record, size), now, key=task.dest.key(row.name)) if record else []
         await self.queue.upload_done(row.id, now_ms=now, size=size, events=events)
         task.stored.add(row.name)
+        await self._recovery(task, row.id)
         if not task.dest.in_place:
             if self.metrics is not None:
                 self.metrics.inc("cloudrec_uploaded_bytes_total", float(size or 0))
@@ -262,10 +302,11 @@ class Uploader:
                 logger.warning("upload failed, retrying", extra={"task_id": task.id, "file": row.name, "code": exc.code})
             return
         events: list[Event] = []
-        if exc.code not in task.announced:  # one 308 per cause, not one per segment
+        if exc.code not in task.announced and row.id not in self._revived:  # one 308 per cause, not one per segment
             task.announced.add(exc.code)
             events = task.tracker.failed_upload(now, name=row.name, code=exc.code, message=exc.message.split(": ", 1)[-1])
         self._settled.add(row.id)
+        self._revived.discard(row.id)
         await self.queue.upload_failed(row.id, error=exc.message, events=events)
         task.failed[row.name] = exc.message
         if self.metrics is not None:
@@ -319,6 +360,7 @@ class Uploader:
             self._settled.add(row.id)
             await self.queue.upload_done(row.id, now_ms=now, size=len(pub.text.encode()), events=events)
             task.stored.add(row.name)
+            await self._recovery(task, row.id)
             if not task.dest.in_place:
                 self._discard(task, row.name)
             return

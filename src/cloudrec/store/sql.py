@@ -274,6 +274,18 @@ class SqlTaskStore:
             await conn.execute(u.update().where(u.c.id == upload_id, u.c.state == "pending").values(
                 attempts=u.c.attempts + 1, next_attempt_ms=next_ms, last_error=error[:1000]))
 
+    async def revive_failed_uploads(self, node: str, *, since_ms: int) -> list[tuple[int, str]]:
+        """Failed (stranded) uploads of `node` queued after `since_ms` go back to the queue, due now;
+        returns their (id, task id)."""
+        u = tables.uploads
+        async with self.engine.begin() as conn:
+            rows = [(int(r[0]), str(r[1])) for r in (await conn.execute(sa.select(u.c.id, u.c.task_id).where(
+                u.c.node == node, u.c.state == "failed", u.c.created_ms >= since_ms))).all()]
+            if rows:
+                await conn.execute(u.update().where(u.c.id.in_([i for i, _ in rows]), u.c.state == "failed").values(
+                    state="pending", next_attempt_ms=0))
+        return rows
+
     async def upload_counts(self, node: str | None = None) -> dict[str, int]:
         u = tables.uploads
         q = sa.select(u.c.state, sa.func.count()).where(u.c.kind != "finish").group_by(u.c.state)
