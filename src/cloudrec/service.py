@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 
 import uvicorn
 
@@ -16,8 +17,13 @@ from cloudrec.control.apps import AppInfo
 from cloudrec.control.limits import RateLimiter
 from cloudrec.control.metrics import MetricsReport
 from cloudrec.core.metrics import Metrics
+from cloudrec.core.rooms import RoomKey
+from cloudrec.core.spec import TrackKind
 from cloudrec.control.rooms import RoomControl
 from cloudrec.control.tasks import TaskControl
+from cloudrec.dialects.aliyun import tokens as artc_tokens
+from cloudrec.dialects.aliyun.artc import ArtcActions
+from cloudrec.dialects.aliyun.gateway import AliyunGateway
 from cloudrec.dialects.tencent.callbacks import TrtcCallbacks
 from cloudrec.dialects.tencent.gateway import TencentGateway
 from cloudrec.dialects.tencent.publish import PublishDenied, PublisherAuth
@@ -83,19 +89,43 @@ class Service:
             window_seconds=settings.signature_window_seconds,
             max_body_bytes=settings.max_body_bytes,
         )
+        self.apps = apps
+        self.aliyun = self._aliyun_gateway(settings, apps)
         self.ready = False
         self.publishers = PublisherAuth(apps)
         self.webrtc = WebRtcGateway(self.registry, host_addresses=settings.ice_host_addresses,
                                     ice_servers=settings.ice_servers)
         self.rtmp = RtmpServer(self.registry, self._authorize_rtmp, host=settings.rtmp_host, port=settings.rtmp_port)
         self.app = create_app(
-            tencent=gateway, ready=lambda: self.ready,
+            tencent=gateway, aliyun=self.aliyun, ready=lambda: self.ready,
             extra_routes=webrtc_routes(self.webrtc, self._authorize_webrtc),
             dev_usersig=self._dev_usersig if settings.dev_usersig else None,
             metrics=MetricsReport(self.store, self.metrics).text,
             vod_root=self.router.vod_root,
         )
         self._server: uvicorn.Server | None = None
+
+    # --- ARTC (Alibaba) -----------------------------------------------------------------------
+    def _aliyun_gateway(self, settings: Settings, apps: dict[int, AppInfo]) -> AliyunGateway:
+        def has_users(room: RoomKey) -> bool:
+            found = self.registry.find(room)
+            return found is not None and not found.dismissed and bool(found.snapshot().participants)
+
+        return AliyunGateway(
+            artc=ArtcActions(self.control, apps, has_users=has_users),
+            lookup_secret=settings.secret_for, key_apps=settings.apps_for, use_nonce=self.store.use_nonce,
+            rate_limiter=RateLimiter(settings.rate_limit_per_second),
+            app_rate=lambda app_id: apps[app_id].rate_per_second if app_id in apps else None,
+            max_body_bytes=settings.max_body_bytes,
+        )
+
+    def _admit_artc(self, query: dict[str, str], *, token: str, app_id: str, channel_id: str,
+                    track: TrackKind) -> artc_tokens.Join:
+        """An ARTC publisher: `appid`/`channel`/`userid`/`nonce`/`timestamp` beside a classic token, or a
+        single-parameter token / AppToken that carries them."""
+        return artc_tokens.admit(self.apps, token=token, app_id=app_id, channel_id=channel_id,
+                                 user_id=query.get("userid", ""), nonce=query.get("nonce", ""),
+                                 timestamp=query.get("timestamp", ""), now=time.time(), track=track)
 
     def _storage(self, settings: Settings) -> tuple[StorageRouter, Uploader]:
         st, vod = settings.storage, settings.vod
@@ -124,6 +154,14 @@ class Service:
         if track is None:
             logger.info("rtmp publish refused", extra={"remote": request.remote, "reason": "streamtype must be main or aux"})
             return None
+        if "token" in request.query and "usersig" not in request.query:  # ARTC: ?appid=…&userid=…&token=…
+            try:
+                join = self._admit_artc(dict(request.query), token=request.query["token"],
+                                        app_id=request.query.get("appid", ""), channel_id=request.stream, track=track)
+            except artc_tokens.TokenRejected as exc:
+                logger.info("rtmp publish refused", extra={"remote": request.remote, "reason": exc.reason})
+                return None
+            return PublishGrant(room=join.room, user_id=join.user_id, track=track)
         try:
             admission = self.publishers.admit_rtmp(request.app, request.stream, request.query)
         except PublishDenied as exc:
@@ -132,7 +170,18 @@ class Service:
         return PublishGrant(room=admission.room, user_id=admission.user_id, track=track)
 
     async def _authorize_webrtc(self, request: WebRtcRequest) -> WebRtcGrant | None:
-        """WHIP publishers and WHEP viewers prove `?userid=` with their UserSig as the bearer token."""
+        """WHIP publishers and WHEP viewers prove `?userid=` with their UserSig as the bearer token (or an ARTC token)."""
+        token = request.token or request.query.get("token", "")
+        if artc_tokens.is_artc_token(token):
+            try:
+                join = self._admit_artc(dict(request.query), token=token, app_id=request.app_id,
+                                        channel_id=request.room_id, track=request.stream_type)
+            except artc_tokens.TokenRejected as exc:
+                logger.info("webrtc refused", extra={"kind": request.kind, "reason": exc.reason})
+                if exc.status == 401:
+                    raise InvalidToken(exc.reason) from exc
+                return None
+            return WebRtcGrant(room=join.room, user_id=join.user_id)
         try:
             admission = self.publishers.admit(
                 app_id=request.app_id, room_id=request.room_id, user_id=request.query.get("userid", ""),
