@@ -260,6 +260,7 @@ class RecordingSpec:
     audio: AudioEncoding = AudioEncoding()
     layout: Layout = Layout()
     storage: StorageTarget = StorageTarget()
+    segment_seconds: float | None = None  # HLS segment length of this task (ARTC SliceDuration); None = [media] default
 
     def modified(self, *, layout: Layout | None, subscription: Subscription | None) -> RecordingSpec:
         """The spec after a live change (layout and subscriptions are replaced, not patched)."""
