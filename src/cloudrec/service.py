@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import socket
 import time
@@ -12,17 +13,21 @@ import uvicorn
 
 from cloudrec.api.app import create_app
 from cloudrec.api.whip import STREAM_TYPES, InvalidToken, WebRtcGrant, WebRtcRequest, webrtc_routes
-from cloudrec.callbacks.notifier import Notifier, NotifierConfig, Receiver
+from cloudrec.callbacks.notifier import Notifier, NotifierConfig
 from cloudrec.control.apps import AppInfo
 from cloudrec.control.limits import RateLimiter
 from cloudrec.control.metrics import MetricsReport
+from cloudrec.core.events import CallbackTarget, OutboxEvent
 from cloudrec.core.metrics import Metrics
+from cloudrec.core.records import from_plain
 from cloudrec.core.rooms import RoomKey
-from cloudrec.core.spec import TrackKind
+from cloudrec.core.spec import RecordingSpec, TrackKind
 from cloudrec.control.rooms import RoomControl
 from cloudrec.control.tasks import TaskControl
 from cloudrec.dialects.aliyun import tokens as artc_tokens
+from cloudrec.dialects.aliyun.artc import DIALECT as ARTC_DIALECT
 from cloudrec.dialects.aliyun.artc import ArtcActions
+from cloudrec.dialects.aliyun.callbacks import ArtcCallbacks
 from cloudrec.dialects.aliyun.gateway import AliyunGateway
 from cloudrec.dialects.tencent.callbacks import TrtcCallbacks
 from cloudrec.dialects.tencent.gateway import TencentGateway
@@ -68,7 +73,7 @@ class Service:
         )
         cb = settings.callbacks
         self.notifier = Notifier(
-            self.store, {TRTC_DIALECT: TrtcCallbacks()}, self._receiver,
+            self.store, {TRTC_DIALECT: TrtcCallbacks(), ARTC_DIALECT: ArtcCallbacks()}, self._receiver,
             NotifierConfig(retry_seconds=cb.retry_seconds, timeout_seconds=cb.timeout_seconds,
                            max_in_flight=cb.max_in_flight, backoff_initial_seconds=cb.backoff_initial_seconds,
                            backoff_max_seconds=cb.backoff_max_seconds, poll_seconds=cb.poll_seconds),
@@ -195,11 +200,15 @@ class Service:
             return None
         return WebRtcGrant(room=admission.room, user_id=admission.user_id)
 
-    def _receiver(self, app_id: int) -> Receiver | None:
-        app = self.settings.app(app_id)
-        if app is None or not app.callback_url:
+    async def _receiver(self, event: OutboxEvent) -> CallbackTarget | None:
+        """Where an event goes: the task's own receiver if its request named one, else the dialect's."""
+        if event.dialect == TRTC_DIALECT:
+            app = self.settings.app(event.room.app_id)
+            return CallbackTarget(url=app.callback_url, key=app.callback_key) if app and app.callback_url else None
+        task = await self.store.get_task(event.task_id)
+        if task is None:
             return None
-        return Receiver(url=app.callback_url, key=app.callback_key)
+        return from_plain(RecordingSpec, json.loads(task.spec)).callback
 
     def _dev_usersig(self, app_id: str, user_id: str) -> str | None:
         app = self.settings.app(int(app_id)) if is_decimal(app_id) else None

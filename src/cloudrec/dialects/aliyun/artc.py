@@ -321,8 +321,8 @@ def _labels(out: StreamType) -> tuple[tuple[str, str], ...]:
 def _template(pattern: str, mode: RecordMode, out: StreamType) -> str:
     single = mode is RecordMode.SINGLE
     words = {
-        "AppId": "{app}", "ChannelId": "{room}", "UserId": "{user}" if single else "{{UserId}}",
-        "RecordMode": "Single" if single else "Mix", "SourceType": "{label}" if single else "{{SourceType}}",
+        "AppId": "{app}", "ChannelId": "{room}", "UserId": "{user}" if single else "{UserId}",
+        "RecordMode": "Single" if single else "Mix", "SourceType": "{label}" if single else "{SourceType}",
         "StreamType": {StreamType.AUDIO_VIDEO: "AV", StreamType.AUDIO: "A", StreamType.VIDEO: "V"}[out],
         "StartTime": _START_TIME, "Sequence": "{seq}",
     }
