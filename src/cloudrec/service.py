@@ -225,7 +225,10 @@ class Service:
         await self.notifier.start()
         await self.rtmp.start()
         config = uvicorn.Config(self.app, host=self.settings.http_host, port=self.settings.http_port,
-                                log_config=None, access_log=False, lifespan="off")
+                                log_config=None, access_log=False, lifespan="off",
+                                # SDKs keep connections alive and do not retry a POST: closing idle ones after
+                                # uvicorn's 5 s races with their next request (connection reset mid-call)
+                                timeout_keep_alive=75)
         self._server = uvicorn.Server(config)
         # The CLI owns SIGINT/SIGTERM: recordings are finalized before the HTTP server goes away.
         self._server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]

@@ -483,6 +483,7 @@ class RecordingSession(Session):
             spec.outputs, self._target(None, "", "mix", wall0_ms),
             max_file_seconds=float(spec.max_file_seconds), has_video=video, has_audio=spec.stream_type.audio,
             segment_seconds=self._segment_seconds(), extract_audio=True,  # "HLS+AAC": the AAC file takes the audio
+            audio_codec=spec.audio.codec,  # the mix's encoder (MP3 for an ARTC task with MP3 files)
         )
         pipeline = MixedPipeline(
             video=spec.video if video else None,
