@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import socket
+import time
 
 import uvicorn
 
@@ -19,9 +20,15 @@ from cloudrec.control.metrics import MetricsReport
 from cloudrec.core.events import CallbackTarget, OutboxEvent
 from cloudrec.core.metrics import Metrics
 from cloudrec.core.records import from_plain
+from cloudrec.core.rooms import RoomKey
 from cloudrec.core.spec import RecordingSpec, TrackKind
 from cloudrec.control.rooms import RoomControl
 from cloudrec.control.tasks import TaskControl
+from cloudrec.dialects.aliyun import tokens as artc_tokens
+from cloudrec.dialects.aliyun.artc import DIALECT as ARTC_DIALECT
+from cloudrec.dialects.aliyun.artc import ArtcActions
+from cloudrec.dialects.aliyun.callbacks import ArtcCallbacks
+from cloudrec.dialects.aliyun.gateway import AliyunGateway
 from cloudrec.dialects.tencent.callbacks import TrtcCallbacks
 from cloudrec.dialects.tencent.css_callbacks import DIALECT as CSS_DIALECT
 from cloudrec.dialects.tencent.css_callbacks import REPORTED_FORMATS as CSS_REPORTED_FORMATS
@@ -71,7 +78,8 @@ class Service:
         )
         cb = settings.callbacks
         self.notifier = Notifier(
-            self.store, {TRTC_DIALECT: TrtcCallbacks(), CSS_DIALECT: CssCallbacks(appid=settings.css.appid)}, self._receiver,
+            self.store, {TRTC_DIALECT: TrtcCallbacks(), ARTC_DIALECT: ArtcCallbacks(),
+                         CSS_DIALECT: CssCallbacks(appid=settings.css.appid)}, self._receiver,
             NotifierConfig(retry_seconds=cb.retry_seconds, timeout_seconds=cb.timeout_seconds,
                            max_in_flight=cb.max_in_flight, backoff_initial_seconds=cb.backoff_initial_seconds,
                            backoff_max_seconds=cb.backoff_max_seconds, poll_seconds=cb.poll_seconds),
@@ -92,6 +100,8 @@ class Service:
             window_seconds=settings.signature_window_seconds,
             max_body_bytes=settings.max_body_bytes,
         )
+        self.apps = apps
+        self.aliyun = self._aliyun_gateway(settings, apps)
         self.ready = False
         self.publishers = PublisherAuth(apps)
         self.css_push = CssPushAuth([PushDomain(name=d.name, key=d.push_key, backup_key=d.backup_push_key, default=d.default)
@@ -100,13 +110,35 @@ class Service:
                                     ice_servers=settings.ice_servers)
         self.rtmp = RtmpServer(self.registry, self._authorize_rtmp, host=settings.rtmp_host, port=settings.rtmp_port)
         self.app = create_app(
-            tencent=gateway, ready=lambda: self.ready,
+            tencent=gateway, aliyun=self.aliyun, ready=lambda: self.ready,
             extra_routes=webrtc_routes(self.webrtc, self._authorize_webrtc),
             dev_usersig=self._dev_usersig if settings.dev_usersig else None,
             metrics=MetricsReport(self.store, self.metrics).text,
             vod_root=self.router.vod_root,
         )
         self._server: uvicorn.Server | None = None
+
+    # --- ARTC (Alibaba) -----------------------------------------------------------------------
+    def _aliyun_gateway(self, settings: Settings, apps: dict[int, AppInfo]) -> AliyunGateway:
+        def has_users(room: RoomKey) -> bool:
+            found = self.registry.find(room)
+            return found is not None and not found.dismissed and bool(found.snapshot().participants)
+
+        return AliyunGateway(
+            artc=ArtcActions(self.control, apps, has_users=has_users),
+            lookup_secret=settings.secret_for, key_apps=settings.apps_for, use_nonce=self.store.use_nonce,
+            rate_limiter=RateLimiter(settings.rate_limit_per_second),
+            app_rate=lambda app_id: apps[app_id].rate_per_second if app_id in apps else None,
+            max_body_bytes=settings.max_body_bytes,
+        )
+
+    def _admit_artc(self, query: dict[str, str], *, token: str, app_id: str, channel_id: str,
+                    track: TrackKind) -> artc_tokens.Join:
+        """An ARTC publisher: `appid`/`channel`/`userid`/`nonce`/`timestamp` beside a classic token, or a
+        single-parameter token / AppToken that carries them."""
+        return artc_tokens.admit(self.apps, token=token, app_id=app_id, channel_id=channel_id,
+                                 user_id=query.get("userid", ""), nonce=query.get("nonce", ""),
+                                 timestamp=query.get("timestamp", ""), now=time.time(), track=track)
 
     def _storage(self, settings: Settings) -> tuple[StorageRouter, Uploader]:
         st, vod = settings.storage, settings.vod
@@ -132,13 +164,22 @@ class Service:
 
     async def _authorize_rtmp(self, request: PublishRequest) -> PublishGrant | None:
         """`rtmp://host/push/<RoomId>?sdkappid=…&userid=…&usersig=…[&streamtype=main|aux]`; refused at `publish`.
-        Without `sdkappid`, and with [[css.domains]] configured, a Tencent CSS push (`_authorize_css_rtmp`)."""
-        if "sdkappid" not in request.query and self.css_push.enabled:
+        With `token` (and no `usersig`), an ARTC publisher. Without `sdkappid` or `token`, and with [[css.domains]]
+        configured, a Tencent CSS push (`_authorize_css_rtmp`)."""
+        if "sdkappid" not in request.query and "token" not in request.query and self.css_push.enabled:
             return self._authorize_css_rtmp(request)
         track = STREAM_TYPES.get(request.query.get("streamtype", "main").lower())
         if track is None:
             logger.info("rtmp publish refused", extra={"remote": request.remote, "reason": "streamtype must be main or aux"})
             return None
+        if "token" in request.query and "usersig" not in request.query:  # ARTC: ?appid=…&userid=…&token=…
+            try:
+                join = self._admit_artc(dict(request.query), token=request.query["token"],
+                                        app_id=request.query.get("appid", ""), channel_id=request.stream, track=track)
+            except artc_tokens.TokenRejected as exc:
+                logger.info("rtmp publish refused", extra={"remote": request.remote, "reason": exc.reason})
+                return None
+            return PublishGrant(room=join.room, user_id=join.user_id, track=track)
         try:
             admission = self.publishers.admit_rtmp(request.app, request.stream, request.query)
         except PublishDenied as exc:
@@ -157,10 +198,21 @@ class Service:
         return PublishGrant(room=push.room, user_id=push.user_id)
 
     async def _authorize_webrtc(self, request: WebRtcRequest) -> WebRtcGrant | None:
-        """WHIP publishers and WHEP viewers prove `?userid=` with their UserSig as the bearer token.
-        CSS pushes (`/whip/css/…`) are `_authorize_css_whip`'s."""
+        """WHIP publishers and WHEP viewers prove `?userid=` with their UserSig as the bearer token (or an ARTC
+        token). CSS pushes (`/whip/css/…`) are `_authorize_css_whip`'s."""
         if request.app_id == CSS_PUSH and request.kind == "whip":
             return self._authorize_css_whip(request)
+        token = request.token or request.query.get("token", "")
+        if artc_tokens.is_artc_token(token):
+            try:
+                join = self._admit_artc(dict(request.query), token=token, app_id=request.app_id,
+                                        channel_id=request.room_id, track=request.stream_type)
+            except artc_tokens.TokenRejected as exc:
+                logger.info("webrtc refused", extra={"kind": request.kind, "reason": exc.reason})
+                if exc.status == 401:
+                    raise InvalidToken(exc.reason) from exc
+                return None
+            return WebRtcGrant(room=join.room, user_id=join.user_id)
         try:
             admission = self.publishers.admit(
                 app_id=request.app_id, room_id=request.room_id, user_id=request.query.get("userid", ""),
@@ -226,7 +278,10 @@ class Service:
         await self.notifier.start()
         await self.rtmp.start()
         config = uvicorn.Config(self.app, host=self.settings.http_host, port=self.settings.http_port,
-                                log_config=None, access_log=False, lifespan="off")
+                                log_config=None, access_log=False, lifespan="off",
+                                # SDKs keep connections alive and do not retry a POST: closing idle ones after
+                                # uvicorn's 5 s races with their next request (connection reset mid-call)
+                                timeout_keep_alive=75)
         self._server = uvicorn.Server(config)
         # The CLI owns SIGINT/SIGTERM: recordings are finalized before the HTTP server goes away.
         self._server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]

@@ -24,8 +24,9 @@ class AppSettings:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Credential:
-    id: str  # SecretId
-    secret: str = field(repr=False)  # SecretKey
+    id: str  # SecretId (Tencent) / AccessKeyId (Alibaba)
+    secret: str = field(repr=False)  # SecretKey / AccessKeySecret
+    apps: tuple[int, ...] = ()  # ARTC: the apps this key may use (its tasks only); empty = every app
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -150,6 +151,11 @@ class Settings:
 
     def secret_for(self, secret_id: str) -> str | None:
         return next((c.secret for c in self.credentials if c.id == secret_id), None)
+
+    def apps_for(self, key_id: str) -> frozenset[int] | None:
+        """ARTC: the apps a key may use; None = every app."""
+        apps = next((c.apps for c in self.credentials if c.id == key_id), ())
+        return frozenset(apps) if apps else None
 
 
 def _listen(value: Any, name: str) -> tuple[str, int]:
@@ -287,9 +293,10 @@ def parse_settings(raw: dict[str, Any], base_dir: Path) -> Settings:
     creds = []
     for c in raw.get("credentials", []):
         try:
-            creds.append(Credential(id=str(c["id"]), secret=str(c["secret"])))
-        except KeyError as exc:
-            raise InvalidRequest("each [[credentials]] needs id and secret", field="credentials") from exc
+            creds.append(Credential(id=str(c["id"]), secret=str(c["secret"]), apps=tuple(int(a) for a in c.get("apps", []))))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidRequest("each [[credentials]] needs id and secret (and apps: a list of app ids)",
+                                 field="credentials") from exc
     return Settings(
         http_host=http_host,
         http_port=http_port,

@@ -13,6 +13,7 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, PlainT
 from starlette.routing import BaseRoute, Route
 
 from cloudrec.api.body import read_body
+from cloudrec.dialects.aliyun.gateway import AliyunGateway, is_aliyun_request
 from cloudrec.dialects.tencent.gateway import TencentGateway
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ PUBLISH_PAGE = resources.files("cloudrec.api").joinpath("static/publish.html").r
 def create_app(
     *,
     tencent: TencentGateway,
+    aliyun: AliyunGateway | None = None,
     ready: Callable[[], bool],
     extra_routes: Sequence[BaseRoute] = (),
     dev_usersig: Callable[[str, str], str | None] | None = None,
@@ -52,6 +54,12 @@ def create_app(
 ) -> Starlette:
     async def vendor_api(request: Request) -> Response:
         headers = {k.lower(): v for k, v in request.headers.items()}
+        if aliyun is not None and is_aliyun_request(headers, request.url.query):
+            body = await read_body(request, aliyun.max_body)
+            ali = await aliyun.handle(method=request.method, host=headers.get("host", ""), path=request.url.path,
+                                      headers=headers, query_string=request.url.query, body=body or b"",
+                                      too_large=body is None)
+            return Response(ali.body, status_code=ali.status, headers={**ali.headers, "content-type": ali.content_type})
         body = await read_body(request, tencent.max_body)
         reply = await tencent.handle(
             method=request.method,

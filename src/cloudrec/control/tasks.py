@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from cloudrec.core.events import EventKind
 from cloudrec.core.ids import new_task_id
 from cloudrec.core.ingest import IngestSpec
 from cloudrec.core.records import from_plain, to_plain
@@ -58,6 +59,30 @@ class TaskControl:
     async def recording(self, app_id: int, task_id: str) -> tuple[TaskRecord, RecordingSpec]:
         task = await self._visible(app_id, task_id, TaskKind.RECORDING)
         return task, from_plain(RecordingSpec, json.loads(task.spec))
+
+    async def find(self, task_id: str) -> TaskRecord | None:
+        """The task row whatever its state; a dialect that addresses tasks by id alone checks ownership itself."""
+        return await self.store.get_task(task_id)
+
+    async def replace_recording(self, app_id: int, task_id: str, spec: RecordingSpec) -> None:
+        """A live change that is more than layout and subscriptions (ARTC: the tracks a new list selects)."""
+        task, _ = await self.recording(app_id, task_id)
+        if task.state is TaskState.EXITING:
+            raise Conflict("the task is exiting", reason="exiting")
+        await self.store.replace_spec(task_id, json.dumps(to_plain(spec)))
+        logger.info("recording modified", extra={"task_id": task_id})
+        self.wake()
+
+    async def recording_any(self, app_id: int, task_id: str, *, max_age_seconds: float) -> tuple[TaskRecord, RecordingSpec]:
+        """A recording of this app created within `max_age_seconds`, ended or not (ARTC describes ended tasks)."""
+        task = await self.store.get_task(task_id)
+        if task is None or task.kind is not TaskKind.RECORDING or task.room.app_id != app_id \
+                or self._clock() - task.created_at > max_age_seconds:
+            raise NotFound("task not found", reason="task")
+        return task, from_plain(RecordingSpec, json.loads(task.spec))
+
+    async def event_kinds(self, task_id: str) -> set[EventKind]:
+        return await self.store.event_kinds(task_id)
 
     async def files(self, task_id: str) -> list[FileRecord]:
         return await self.store.list_files(task_id)

@@ -136,6 +136,8 @@ class PatternNames:
 
         def one(m: re.Match[str]) -> str:
             key, fmt = m.group(1), m.group(2)
+            if key not in NAME_FIELDS:
+                return m.group(0)  # a vendor's placeholder that stays literal (ARTC mixed mode: "{UserId}")
             if key in ("start", "end"):
                 ms = values.get(f"{key}_ms_raw")
                 if ms is None:

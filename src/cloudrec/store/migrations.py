@@ -51,10 +51,18 @@ def _v3_uploads(conn: Connection) -> None:
         index.create(conn, checkfirst=True)
 
 
+def _v4_nonces(conn: Connection) -> None:
+    """Nonces of signed API requests (Alibaba's SignatureNonce), shared by every node."""
+    tables.nonces.create(conn, checkfirst=True)
+    for index in tables.nonces.indexes:
+        index.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1_initial),
     (2, _v2_event_delivery),
     (3, _v3_uploads),
+    (4, _v4_nonces),
 ]
 
 

@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 _ALIVE = [s.value for s in TaskState if s.alive]
 _KINDS = {k.value for k in EventKind}
+NONCE_SWEEP_SECONDS = 60.0
 
 
 def _task_from_row(row: Any) -> TaskRecord:
@@ -59,6 +60,7 @@ class SqlTaskStore:
     def __init__(self, url: str) -> None:
         self.url = url
         self._engine: AsyncEngine | None = None
+        self._nonces_swept = 0.0
 
     @property
     def engine(self) -> AsyncEngine:
@@ -294,6 +296,28 @@ class SqlTaskStore:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(q)).all()
         return {str(r[0]): int(r[1]) for r in rows}
+
+    # --- request nonces (replay protection of signed API calls) ----------------------------------
+    async def use_nonce(self, nonce: str, expires_at: float) -> bool:
+        """True if `nonce` was not seen (or its earlier use has expired); it is then taken until `expires_at`."""
+        n = tables.nonces
+        now = time.time()
+        try:
+            async with self.engine.begin() as conn:
+                if now - self._nonces_swept > NONCE_SWEEP_SECONDS:  # expired rows go now and then, from any node
+                    self._nonces_swept = now
+                    await conn.execute(n.delete().where(n.c.expires_at < now))
+                held = await conn.scalar(sa.select(n.c.expires_at).where(n.c.nonce == nonce))
+                if held is not None and held >= now:
+                    return False
+                if held is not None:  # seen long ago: the timestamp window has passed since, so it may be reused
+                    res = await conn.execute(n.update().where(n.c.nonce == nonce, n.c.expires_at == held)
+                                             .values(expires_at=expires_at))
+                    return bool(res.rowcount)
+                await conn.execute(n.insert().values(nonce=nonce, expires_at=expires_at))
+                return True
+        except sa.exc.IntegrityError:  # another request (or node) inserted it at the same moment
+            return False
 
     # --- the callback outbox -----------------------------------------------------------------------
     async def add_events(self, task_id: str, events: Sequence[Event]) -> None:

@@ -177,6 +177,8 @@ class RecordingSession(Session):
         self.dropped_reported = 0
         self.pictures: dict[str, Picture] = {}  # fetched layout pictures, by URL
         self.picture_fetches: dict[str, asyncio.Task[None]] = {}
+        self.stream_seen: dict[tuple[str, TrackKind], float] = {}  # idle_per_stream: last seen (monotonic)
+        self.streams_done: set[tuple[str, TrackKind]] = set()
 
     # --- main loop --------------------------------------------------------------------------
     async def run(self) -> None:
@@ -196,8 +198,8 @@ class RecordingSession(Session):
                     logger.info("recording spec applied", extra={**self.log, "spec_version": self.spec_version})
                     self._fetch_pictures()
                 snapshot = self.room.snapshot()
-                wanted = self._wanted(snapshot)
                 now = time.monotonic()
+                wanted = self._idle_streams(self._wanted(snapshot), now)
                 if wanted:
                     idle_since = now
                 elif now - idle_since >= self.spec.max_idle_seconds:
@@ -357,6 +359,19 @@ class RecordingSession(Session):
                     out[(p.user_id, kind)] = track
         return out
 
+    def _idle_streams(self, wanted: dict[tuple[str, TrackKind], Track], now: float) -> dict[tuple[str, TrackKind], Track]:
+        """`idle_per_stream` (ARTC single mode): a stream gone for `max_idle_seconds` has ended for this
+        task and is not recorded again if it returns; the task idles out once every stream did."""
+        if not self.spec.idle_per_stream or self.spec.mode is not RecordMode.SINGLE:
+            return wanted
+        for key in wanted:
+            self.stream_seen[key] = now
+        for key, seen in self.stream_seen.items():
+            if key not in wanted and now - seen >= self.spec.max_idle_seconds and key not in self.streams_done:
+                self.streams_done.add(key)
+                logger.info("stream idle timeout", extra={**self.log, "user_id": key[0], "track": key[1].value})
+        return {k: t for k, t in wanted.items() if k not in self.streams_done}
+
     def _on_file(self, event: FileEvent) -> None:
         """Called from pipeline threads."""
         self.loop.call_soon_threadsafe(self.events.put_nowait, event)
@@ -468,6 +483,7 @@ class RecordingSession(Session):
             spec.outputs, self._target(None, "", "mix", wall0_ms),
             max_file_seconds=float(spec.max_file_seconds), has_video=video, has_audio=spec.stream_type.audio,
             segment_seconds=self._segment_seconds(), extract_audio=True,  # "HLS+AAC": the AAC file takes the audio
+            audio_codec=spec.audio.codec,  # the mix's encoder (MP3 for an ARTC task with MP3 files)
         )
         pipeline = MixedPipeline(
             video=spec.video if video else None,
