@@ -109,13 +109,14 @@ def test_single_and_mixed_recording(server: Server, receiver: Receiver, tmp_path
     mp4 = probe(root / mixed_files["Mp4FileList"][0])
     assert mp4.video and (mp4.video["width"], mp4.video["height"]) == (320, 240) and mp4.audio
     assert mp4.audio["rms"] > 0.01 and mp4.duration > 7
-    # ARTC names hold ":" (UTC+8 StartTime), which FFmpeg's HLS demuxer cannot resolve as relative URIs:
-    # the playlist is checked for its segments, and each segment is reopened on its own.
+    # ARTC names hold ":" (UTC+8 StartTime): the playlist lists them as "./name" (RFC 3986 4.2), so it plays.
     playlist = root / mixed_files["HlsFileList"][0]
     segments = segment_names(playlist.read_text())
     assert segments and all(re.fullmatch(rf"{CHANNEL}_{STAMP}_\d+\.ts", s) for s in segments), segments
     reports = [probe(playlist.parent / s) for s in segments]
     assert all(r.video and r.audio for r in reports) and sum(r.duration for r in reports) > 7
+    whole = probe(playlist)
+    assert whole.video and whole.audio and whole.duration > 7
     mp3 = probe(root / mixed_files["Mp3FileList"][0])
     assert mp3.audio and mp3.audio["codec"].startswith("mp3") and mp3.video is None and mp3.duration > 7
 

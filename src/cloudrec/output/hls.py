@@ -66,7 +66,9 @@ def render_playlist(segments: Sequence[Segment], *, start_ms: int, target: float
             lines.append("#EXT-X-DISCONTINUITY")
         lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{program_date_time(s.begin_ms)}")
         lines.append(f"#EXTINF:{s.duration:.3f},")
-        lines.append(s.name.rsplit("/", 1)[-1])  # segments sit next to their playlist
+        uri = s.name.rsplit("/", 1)[-1]  # segments sit next to their playlist
+        # RFC 3986 4.2: a relative reference whose first segment has a ":" would read as a scheme.
+        lines.append(f"./{uri}" if ":" in uri else uri)
     if ended:
         lines.append("#EXT-X-ENDLIST")
     return "\n".join(lines) + "\n"

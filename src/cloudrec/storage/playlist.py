@@ -33,8 +33,13 @@ def _is_uri(line: str) -> bool:
     return bool(line.strip()) and not line.startswith("#")
 
 
+def _name(uri: str) -> str:
+    uri = uri.strip()
+    return uri[2:] if uri.startswith("./") else uri
+
+
 def segment_names(text: str) -> list[str]:
-    return [line.strip() for line in text.splitlines() if _is_uri(line)]
+    return [_name(line) for line in text.splitlines() if _is_uri(line)]
 
 
 def publishable(text: str, stored: Container[str], directory: str = "") -> Published:
@@ -54,7 +59,7 @@ def publishable(text: str, stored: Container[str], directory: str = "") -> Publi
         total += 1
         if cut:
             continue
-        if directory + line.strip() in stored:
+        if directory + _name(line) in stored:
             out.extend(pending)
             out.append(line)
             pending = []

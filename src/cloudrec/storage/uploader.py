@@ -34,7 +34,7 @@ from cloudrec.core.spec import RecordingSpec, StorageTarget
 from cloudrec.core.states import TaskState
 from cloudrec.core.tasks import FileRecord, TaskRecord, UploadRecord
 from cloudrec.storage.base import StorageFailure
-from cloudrec.storage.playlist import publishable
+from cloudrec.storage.playlist import publishable, segment_names
 from cloudrec.storage.routing import Destination, StorageRouter
 
 logger = logging.getLogger(__name__)
@@ -364,8 +364,8 @@ class Uploader:
             if not task.dest.in_place:
                 self._discard(task, row.name)
             return
-        names = text.splitlines()
-        blocked = next((n for n in (directory + "/" * bool(directory) + line.strip() for line in names) if n in task.failed), None)
+        listed = (directory + "/" * bool(directory) + name for name in segment_names(text))
+        blocked = next((n for n in listed if n in task.failed), None)
         if blocked is not None:  # a listed segment will never be stored: so neither will this playlist
             self._settled.add(row.id)
             await self.queue.upload_published(row.id, now_ms=now, events=events)
