@@ -19,7 +19,10 @@ import av
 import httpx
 import pytest
 
+from cloudrec.core.spec import StorageTarget
+from cloudrec.storage.base import StorageFailure
 from cloudrec.storage.playlist import segment_names
+from cloudrec.storage.routing import EndpointRule, StorageConfig, StorageRouter
 from tests.callback_receiver import Receiver
 from tests.s3_servers import ACCESS_KEY, SECRET_KEY, Seaweed, seaweed
 from tests.support import Server, call, client, probe, running_server, served_samples, usersig, wait_for
@@ -315,3 +318,19 @@ def test_stranded_files_are_stored_when_storage_returns(s3: Seaweed, receiver: R
             assert c.duration is not None and c.duration / 1e6 > 3
         playlist, segments = download_hls(s3, f"stranded/{task}/{base}.m3u8", tmp_path / "hls")
         assert playlist.read_text().rstrip().endswith("#EXT-X-ENDLIST") and hls_seconds(playlist) > 3
+
+
+def test_endpoint_credentials_sign_requests_that_carry_none(s3: Seaweed, tmp_path: Path) -> None:
+    """Alibaba OSS requests name a bucket but no keys: the matching endpoint's own keys sign the upload
+    (SeaweedFS checks the signature); without them the store refuses."""
+    def router(**keys: str) -> StorageRouter:
+        rule = EndpointRule(vendor="oss", region="cn-shanghai", endpoint_url=s3.endpoint, **keys)
+        return StorageRouter(StorageConfig(storage_dir=tmp_path / "storage", spool_dir=tmp_path / "spool", endpoints=(rule,)))
+
+    oss = StorageTarget(vendor="oss", region="cn-shanghai", bucket=BUCKET, prefix=("oss",))
+    dest = router(access_key=ACCESS_KEY, secret_key=SECRET_KEY).destination(oss, "T9")
+    dest.store.put_bytes(dest.key("a.m3u8"), b"#EXTM3U\n")
+    assert s3.get(BUCKET, "oss/T9/a.m3u8") == b"#EXTM3U\n"
+    unsigned = router().destination(oss, "T9")
+    with pytest.raises(StorageFailure):
+        unsigned.store.put_bytes(unsigned.key("b.m3u8"), b"#EXTM3U\n")

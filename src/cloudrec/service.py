@@ -144,7 +144,8 @@ class Service:
         st, vod = settings.storage, settings.vod
         router = StorageRouter(StorageConfig(
             storage_dir=settings.storage_dir, spool_dir=settings.data_dir / "spool",
-            endpoints=tuple(EndpointRule(vendor=e.vendor, region=e.region, bucket=e.bucket, endpoint_url=e.endpoint_url)
+            endpoints=tuple(EndpointRule(vendor=e.vendor, region=e.region, bucket=e.bucket, endpoint_url=e.endpoint_url,
+                                         access_key=e.access_key, secret_key=e.secret_key)
                             for e in st.endpoints),
             allow_request_endpoints=st.allow_request_endpoints,
             vod=VodLibrary(bucket=vod.bucket, prefix=vod.prefix, endpoint_url=vod.endpoint_url, region=vod.region,

@@ -49,6 +49,8 @@ class StorageEndpoint:
     region: str = "*"  # "*" = any region
     bucket: str = "*"  # "*" = any bucket
     endpoint_url: str
+    access_key: str = field(default="", repr=False)  # used when the request carries no credentials (OSS never does)
+    secret_key: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -201,7 +203,8 @@ def _storage(raw: dict[str, Any]) -> StorageSettings:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise InvalidRequest("[[storage.endpoints]] endpoint_url must be an http(s) URL", field="storage")
         endpoints.append(StorageEndpoint(vendor=str(vendor), region=str(e.get("region", "*")),
-                                         bucket=str(e.get("bucket", "*")), endpoint_url=url))
+                                         bucket=str(e.get("bucket", "*")), endpoint_url=url,
+                                         access_key=str(e.get("access_key", "")), secret_key=str(e.get("secret_key", ""))))
     try:
         st = StorageSettings(
             endpoints=tuple(endpoints),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cloudrec.core.spec import StorageTarget
@@ -33,6 +33,8 @@ class EndpointRule:
     region: str = "*"
     bucket: str = "*"
     endpoint_url: str
+    access_key: str = field(default="", repr=False)  # for requests that carry no credentials
+    secret_key: str = field(default="", repr=False)
 
     def matches(self, target: StorageTarget) -> bool:
         return (VENDORS.get(target.vendor) == self.vendor and self.region in ("*", target.region)
@@ -90,7 +92,7 @@ class StorageRouter:
             target = self.config.vod.target()
             endpoint = self.config.vod.endpoint_url or None
         else:
-            endpoint = self._endpoint(target)
+            endpoint, target = self._endpoint(target)
         spool = self.config.spool_dir / task_id
         if self.config.spool_dir.resolve() not in spool.resolve().parents:
             raise ValueError("spool path escapes the spool directory")
@@ -107,15 +109,20 @@ class StorageRouter:
         key_prefix = "".join(f"{p}/" for p in target.prefix) + (f"{task_id}/" if target.task_dir else "")
         return Destination(store=self._s3(target, endpoint), key_prefix=key_prefix, spool=spool, in_place=False)
 
-    def _endpoint(self, target: StorageTarget) -> str | None:
+    def _endpoint(self, target: StorageTarget) -> tuple[str | None, StorageTarget]:
+        """The endpoint for `target`, and the target with the rule's credentials if it has none."""
         if target.vendor == "local":
-            return None
+            return None, target
         if target.endpoint_url:
             if self.config.allow_request_endpoints:
-                return target.endpoint_url
+                return target.endpoint_url, target
             logger.info("request endpoint ignored", extra={"reason": "storage.allow_request_endpoints is off"})
         rule = next((r for r in self.config.endpoints if r.matches(target)), None)
-        return rule.endpoint_url if rule is not None else None
+        if rule is None:
+            return None, target
+        if not target.access_key and rule.access_key:
+            target = replace(target, access_key=rule.access_key, secret_key=rule.secret_key)
+        return rule.endpoint_url, target
 
     def _s3(self, target: StorageTarget, endpoint: str) -> S3Store:
         # One client per endpoint and credentials (clients are thread-safe and hold connection pools).
