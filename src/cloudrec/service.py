@@ -17,7 +17,9 @@ from cloudrec.control.limits import RateLimiter
 from cloudrec.control.metrics import MetricsReport
 from cloudrec.core.metrics import Metrics
 from cloudrec.control.rooms import RoomControl
+from cloudrec.control.schedules import ScheduleControl
 from cloudrec.control.tasks import TaskControl
+from cloudrec.dialects.tencent import css
 from cloudrec.dialects.tencent.callbacks import TrtcCallbacks
 from cloudrec.dialects.tencent.gateway import TencentGateway
 from cloudrec.dialects.tencent.publish import PublishDenied, PublisherAuth
@@ -77,6 +79,8 @@ class Service:
         )
         gateway = TencentGateway(
             trtc_actions=TrtcActions(self.control, RoomControl(self.registry, self.control), apps),
+            css_actions=css.CssActions(ScheduleControl(self.store, service=css.SERVICE, dialect=css.DIALECT,
+                                                       wake_workers=self.worker.wake)),
             app_rate=lambda app_id: apps[app_id].rate_per_second if app_id in apps else None,
             lookup_secret=settings.secret_for,
             rate_limiter=RateLimiter(settings.rate_limit_per_second),
