@@ -205,3 +205,32 @@ async def test_delete_lets_the_running_recording_finish(service: Service, clip: 
     assert len(playlists) == 1
     report = probe(vod_dir(svc, task_id) / playlists[0].name)
     assert report.video is not None and report.duration >= 2.5
+
+
+async def test_rule_records_every_push(service: Service, clip: Path) -> None:
+    svc = service
+    template = await api(svc, "CreateLiveRecordTemplate", {"TemplateName": "mp4", "Mp4Param": {"Enable": 1}})
+    await api(svc, "CreateLiveRecordRule", {"DomainName": DOMAIN, "AppName": "live", "TemplateId": template.TemplateId})
+    room = stream_room(DOMAIN, "live", "cam4")
+    for push in range(2):
+        pusher = Pusher(svc, "cam4", clip)
+        try:
+            async with asyncio.timeout(15):
+                while len([t for t in await svc.store.list_tasks(alive_only=False) if t.room == room]) <= push:
+                    await asyncio.sleep(0.2)
+            await asyncio.sleep(3.0)
+        finally:
+            await pusher.stop()
+        latest = max((t for t in await svc.store.list_tasks(alive_only=False) if t.room == room), key=lambda t: t.created_at)
+        assert await ended(svc, latest.id, 20) is StopReason.IDLE  # the push ended: so does its task
+    tasks = [t for t in await svc.store.list_tasks(alive_only=False) if t.room == room]
+    assert len(tasks) == 2  # one task per push session
+    for task in tasks:
+        assert await ended(svc, task.id, 20) is StopReason.IDLE  # each ended with its push
+        mp4s = whole_files(await svc.store.list_files(task.id), ".mp4")
+        assert len(mp4s) == 1
+        report = probe(vod_dir(svc, task.id) / mp4s[0].name)
+        assert report.video is not None and report.audio is not None and report.duration >= 2.0
+    now = int(time.time())
+    listed = (await api(svc, "DescribeRecordTask", {"StartTime": now - 600, "EndTime": now + 2 * 86400})).TaskList
+    assert not {t.TaskId for t in listed} & {t.id for t in tasks}  # only CreateRecordTask's tasks are listed

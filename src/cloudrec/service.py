@@ -21,11 +21,14 @@ from cloudrec.control.schedules import ScheduleControl
 from cloudrec.control.tasks import TaskControl
 from cloudrec.dialects.tencent import css
 from cloudrec.dialects.tencent.callbacks import TrtcCallbacks
+from cloudrec.dialects.tencent.css_rooms import CSS_APP_ID
+from cloudrec.dialects.tencent.css_rules import RuleRecorder
 from cloudrec.dialects.tencent.gateway import TencentGateway
 from cloudrec.dialects.tencent.publish import PublishDenied, PublisherAuth
 from cloudrec.dialects.tencent.trtc import DIALECT as TRTC_DIALECT
 from cloudrec.dialects.tencent.trtc import TrtcActions
 from cloudrec.dialects.tencent.usersig import make_usersig
+from cloudrec.core.rooms import RoomKey
 from cloudrec.rooms.registry import RoomRegistry
 from cloudrec.rooms.rtmp import PublishGrant, PublishRequest, RtmpServer
 from cloudrec.rooms.whip import WebRtcGateway
@@ -77,10 +80,12 @@ class Service:
             max_concurrent=lambda app_id: apps[app_id].max_concurrent_tasks if app_id in apps else 0,
             wake_workers=self.worker.wake,
         )
+        self.css_control = ScheduleControl(self.store, service=css.SERVICE, dialect=css.DIALECT,
+                                           wake_workers=self.worker.wake)
+        self.css_rules = RuleRecorder(self.css_control, self._live_css_streams)
         gateway = TencentGateway(
             trtc_actions=TrtcActions(self.control, RoomControl(self.registry, self.control), apps),
-            css_actions=css.CssActions(ScheduleControl(self.store, service=css.SERVICE, dialect=css.DIALECT,
-                                                       wake_workers=self.worker.wake)),
+            css_actions=css.CssActions(self.css_control),
             app_rate=lambda app_id: apps[app_id].rate_per_second if app_id in apps else None,
             lookup_secret=settings.secret_for,
             rate_limiter=RateLimiter(settings.rate_limit_per_second),
@@ -150,6 +155,14 @@ class Service:
             return None
         return WebRtcGrant(room=admission.room, user_id=admission.user_id)
 
+    def _live_css_streams(self) -> list[RoomKey]:
+        """CSS streams being pushed now (their publisher, the stream name, is in the room)."""
+        live = []
+        for room in self.registry.rooms():
+            if room.key.app_id == CSS_APP_ID and any(not t.closed for p in room.snapshot().participants for t in p.tracks.values()):
+                live.append(room.key)
+        return live
+
     def _receiver(self, app_id: int) -> Receiver | None:
         app = self.settings.app(app_id)
         if app is None or not app.callback_url:
@@ -170,6 +183,8 @@ class Service:
         await self.worker.start()
         await self.notifier.start()
         await self.rtmp.start()
+        rules_stop = asyncio.Event()
+        rules = asyncio.create_task(self.css_rules.run(rules_stop), name="css-rules")
         config = uvicorn.Config(self.app, host=self.settings.http_host, port=self.settings.http_port,
                                 log_config=None, access_log=False, lifespan="off")
         self._server = uvicorn.Server(config)
@@ -186,6 +201,8 @@ class Service:
         await stop.wait()
         logger.info("cloudrec stopping")
         self.ready = False
+        rules_stop.set()
+        await rules
         await self.rtmp.stop()  # publishers leave first, so recordings see them go
         await self.webrtc.stop()
         await self.worker.stop()

@@ -44,16 +44,18 @@ class ScheduleControl:
         self.clock = clock
 
     # --- tasks ------------------------------------------------------------------------------
-    async def create(self, spec: RecordingSpec, *, scope: str, start_s: int, end_s: int, template_id: int) -> str:
+    async def create(self, spec: RecordingSpec, *, scope: str, start_s: int, end_s: int, template_id: int,
+                     listed: bool = True) -> str:
         """A task that records `spec` from `start_s` to `end_s`. LimitReached: too many alive tasks
-        ("concurrency") or overlapping ones on this scope ("overlap")."""
+        ("concurrency") or overlapping ones on this scope ("overlap"). `listed=False`: a task the
+        service started itself (a rule's), never listed."""
         now = self.clock()
         task = TaskRecord(
             id=new_task_id(), kind=TaskKind.RECORDING, dialect=self.dialect, room=spec.room, user_id=spec.robot_user_id,
             state=TaskState.IDLE, spec=json.dumps(to_plain(spec)), created_at=now, expires_at=float(end_s),
         )
         schedule = ScheduleRecord(task_id=task.id, service=self.service, scope=scope, start_s=start_s, end_s=end_s,
-                                  template_id=template_id, created_at=now)
+                                  template_id=template_id, created_at=now, hidden=not listed)
         await self.store.create_scheduled(task, schedule, max_alive=self.limits.max_alive, max_overlap=self.limits.max_overlap)
         logger.info("scheduled recording created", extra={"task_id": task.id, "room": str(spec.room),
                                                           "start_s": start_s, "end_s": end_s})

@@ -436,7 +436,7 @@ class SqlTaskStore:
             await self._insert_task(conn, task)
             await conn.execute(s.insert().values(
                 task_id=schedule.task_id, service=schedule.service, scope=schedule.scope, start_s=schedule.start_s,
-                end_s=schedule.end_s, template_id=schedule.template_id, stopped_s=0, hidden=False,
+                end_s=schedule.end_s, template_id=schedule.template_id, stopped_s=0, hidden=schedule.hidden,
                 created_at=schedule.created_at))
 
     async def get_schedule(self, task_id: str) -> ScheduleRecord | None:
