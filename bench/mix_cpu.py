@@ -20,6 +20,7 @@ import imageio_ffmpeg
 
 from bench.inputs import camera_like
 from bench.results_file import save
+from cloudrec.core.naming import A8Names
 from cloudrec.core.ingest import IngestSpec
 from cloudrec.core.layout import Participant
 from cloudrec.core.rooms import RoomKey
@@ -49,7 +50,7 @@ def mix_room(room: Room, directory: Path, name: str) -> tuple[MixedPipeline, Mp4
     """A 2×2 720p15 mix of everyone now in `room` into `directory/name…mp4` (not started)."""
     snapshot = room.snapshot()
     subs = {(p.user_id, k): t.subscribe() for p in snapshot.participants for k, t in p.tracks.items()}
-    target = SinkTarget(directory=directory, base=name, track_type=None, user_id="", media="mix",
+    target = SinkTarget(directory=directory, names=A8Names(name, None), track_type=None, user_id="", media="mix",
                         wall0_ms=int(time.time() * 1000))
     sink = Mp4Sink(target, max_seconds=86400.0)
     pipeline = MixedPipeline(

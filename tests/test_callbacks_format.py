@@ -10,7 +10,7 @@ import json
 import pytest
 
 from cloudrec.core import events as ev
-from cloudrec.core.events import Event, EventKind, OutboxEvent, StoredFile, UploadTracker
+from cloudrec.core.events import CallbackTarget, Event, EventKind, OutboxEvent, StoredFile, UploadTracker
 from cloudrec.core.rooms import RoomIdType, RoomKey
 from cloudrec.core.states import StopReason
 from cloudrec.dialects.tencent.callbacks import TrtcCallbacks, cjson, sign
@@ -52,7 +52,7 @@ def outbox(event: Event, room: RoomKey = RoomKey(1400000001, "8489")) -> OutboxE
 
 
 def formatted(event: Event, room: RoomKey = RoomKey(1400000001, "8489"), key: str = "k3y") -> dict[str, object]:
-    req = TrtcCallbacks().format(outbox(event, room), key=key, sent_ms=1_700_000_000_500)
+    req = TrtcCallbacks().format(outbox(event, room), CallbackTarget(url="http://127.0.0.1/", key=key), sent_ms=1_700_000_000_500)
     assert req is not None
     assert req.headers["Content-Type"] == "application/json"
     assert req.headers["SdkAppId"] == str(room.app_id)
@@ -77,7 +77,7 @@ def test_envelope_room_id_keeps_the_clients_type() -> None:
 
 
 def test_no_key_means_no_sign_header() -> None:
-    req = TrtcCallbacks().format(outbox(ev.recorder_started(AT)), key="", sent_ms=1)
+    req = TrtcCallbacks().format(outbox(ev.recorder_started(AT)), CallbackTarget(url="http://127.0.0.1/", key=""), sent_ms=1)
     assert req is not None and "Sign" not in req.headers
 
 
@@ -153,8 +153,8 @@ def test_idempotency_key_is_stable_per_event() -> None:
     a = outbox(ev.recorder_started(AT))
     assert a.idempotency_key == "task-1-7"
     # Retries re-sign a new CallbackTs; the key and the event time stay.
-    r1 = TrtcCallbacks().format(a, key="k", sent_ms=1)
-    r2 = TrtcCallbacks().format(a, key="k", sent_ms=2)
+    r1 = TrtcCallbacks().format(a, CallbackTarget(url="http://127.0.0.1/", key="k"), sent_ms=1)
+    r2 = TrtcCallbacks().format(a, CallbackTarget(url="http://127.0.0.1/", key="k"), sent_ms=2)
     assert r1 is not None and r2 is not None and r1.body != r2.body
     assert json.loads(r1.body)["EventInfo"] == json.loads(r2.body)["EventInfo"]
 

@@ -6,13 +6,14 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from cloudrec.callbacks.notifier import Notifier, NotifierConfig, Receiver as Target
+from cloudrec.callbacks.notifier import Notifier, NotifierConfig
+from cloudrec.core.events import CallbackTarget as Target, OutboxEvent
 from cloudrec.core import events as ev
 from cloudrec.core.rooms import RoomKey
 from cloudrec.core.states import StopReason, TaskKind, TaskState
@@ -25,6 +26,12 @@ from tests.callback_receiver import Receiver
 
 APP = 1400000031
 FAST = NotifierConfig(timeout_seconds=2, backoff_initial_seconds=0.1, backoff_max_seconds=0.3, poll_seconds=0.05)
+
+
+def fixed(target: Target) -> Callable[[OutboxEvent], Awaitable[Target | None]]:
+    async def resolve(_ev: OutboxEvent) -> Target | None:
+        return target
+    return resolve
 
 
 @pytest.fixture
@@ -60,7 +67,7 @@ async def test_two_notifiers_on_one_database_send_each_event_once_in_task_order(
         for t in tasks:
             await stores[0].add_events(t, [ev.recorder_started(t0 + i)])
     target = Target(url=receiver.url, key="k")
-    notifiers = [Notifier(s, {"trtc": TrtcCallbacks()}, lambda _app: target, FAST) for s in stores]
+    notifiers = [Notifier(s, {"trtc": TrtcCallbacks()}, fixed(target), FAST) for s in stores]
     for n in notifiers:
         await n.start()
     try:
@@ -88,8 +95,8 @@ async def test_later_events_wait_behind_a_failing_head(tmp_path: Path, receiver:
     await store.add_events("free", [ev.recorder_started(now), ev.recorder_stopped(now + 1, StopReason.IDLE)])
     broken = Target(url="http://127.0.0.1:9/nothing-listens-here", key="k")
     good = Target(url=receiver.url, key="k")
-    notifier = Notifier(store, {"trtc": TrtcCallbacks()}, lambda _app: good, FAST)
-    bad = Notifier(store, {"trtc": TrtcCallbacks()}, lambda _app: broken, FAST)
+    notifier = Notifier(store, {"trtc": TrtcCallbacks()}, fixed(good), FAST)
+    bad = Notifier(store, {"trtc": TrtcCallbacks()}, fixed(broken), FAST)
     # First a notifier whose receiver refuses connections fails the heads of both tasks (they back off) ...
     await bad.start()
     await asyncio.sleep(0.3)
@@ -114,7 +121,7 @@ async def test_dead_receiver_gives_up_after_retry_seconds(tmp_path: Path) -> Non
     await store.add_events("t", [ev.recorder_started(int(time.time() * 1000))])
     config = NotifierConfig(retry_seconds=0.5, timeout_seconds=1, backoff_initial_seconds=0.05, backoff_max_seconds=0.1,
                             poll_seconds=0.05)
-    notifier = Notifier(store, {"trtc": TrtcCallbacks()}, lambda _app: Target(url="http://127.0.0.1:9/", key=""), config)
+    notifier = Notifier(store, {"trtc": TrtcCallbacks()}, fixed(Target(url="http://127.0.0.1:9/", key="")), config)
     await notifier.start()
     deadline = time.monotonic() + 10
     while (await store.event_counts()).get("dead") != 1:
@@ -163,7 +170,7 @@ async def test_stopping_mid_request_gives_the_event_back(tmp_path: Path) -> None
     try:
         await store.create_task(task("t"))
         await store.add_events("t", [ev.recorder_started(int(time.time() * 1000))])
-        notifier = Notifier(store, {"trtc": TrtcCallbacks()}, lambda _app: Target(url=hung.url, key=""), FAST)
+        notifier = Notifier(store, {"trtc": TrtcCallbacks()}, fixed(Target(url=hung.url, key="")), FAST)
         await notifier.start()
         await until(lambda: len(hung.got) == 1, 5)
         assert await store.due_events(int(time.time() * 1000), limit=10) == []  # claimed: nobody else sends it

@@ -14,6 +14,7 @@ import av
 import numpy as np
 import pytest
 
+from cloudrec.core.naming import A8Names
 from cloudrec.core.layout import Participant
 from cloudrec.core.media import MediaUnit, StreamInfo
 from cloudrec.core.spec import AudioEncoding, FillType, Layout, LayoutMode, Pane, TrackKind, VideoEncoding
@@ -216,7 +217,7 @@ def peaks(audio: np.ndarray, rate: int, count: int) -> list[float]:
 
 
 def make_sink(tmp_path: Path) -> Mp4Sink:
-    return Mp4Sink(SinkTarget(directory=tmp_path, base="mix", track_type=None, user_id="", media="mix", wall0_ms=0),
+    return Mp4Sink(SinkTarget(directory=tmp_path, names=A8Names("mix", None), track_type=None, user_id="", media="mix", wall0_ms=0),
                    max_seconds=3600)
 
 

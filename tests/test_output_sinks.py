@@ -18,6 +18,7 @@ import av
 import numpy as np
 import pytest
 
+from cloudrec.core.naming import A8Names
 from cloudrec.core import naming
 from cloudrec.core.media import FileEvent, MediaUnit, StreamInfo
 from cloudrec.core.spec import Container, TrackKind
@@ -40,7 +41,7 @@ SEGMENT_RE = re.compile(re.escape(BASE) + r"_video_(\d{17})\.ts$")
 
 def target(directory: Path, track_type: str | None, on_event: Callable[[FileEvent], None] | None = None, *,
            wall0_ms: int = WALL0_MS) -> SinkTarget:
-    return SinkTarget(directory=directory, base=BASE, track_type=track_type, user_id="u1", media="main",
+    return SinkTarget(directory=directory, names=A8Names(BASE, track_type), track_type=track_type, user_id="u1", media="main",
                       wall0_ms=wall0_ms, on_event=on_event)
 
 

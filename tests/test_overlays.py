@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cloudrec.core.naming import A8Names
 from cloudrec.core.layout import Participant, area_rect, place
 from cloudrec.core.records import from_plain, to_plain
 from cloudrec.core.spec import (
@@ -261,7 +262,7 @@ def test_pipeline_h265_into_mp4_and_hls(tmp_path: Path) -> None:
     vsrc, asrc = [QueueSource() for _ in range(2)], [QueueSource() for _ in range(2)]
     feeder = Feeder([(source_media(i), vsrc[i], asrc[i], t0, 1e10) for i in range(2)])
     mp4 = make_sink(tmp_path)
-    hls = HlsSink(SinkTarget(directory=tmp_path, base="mix", track_type=None, user_id="", media="mix", wall0_ms=0),
+    hls = HlsSink(SinkTarget(directory=tmp_path, names=A8Names("mix", None), track_type=None, user_id="", media="mix", wall0_ms=0),
                   segment_seconds=1.0)
     pipe = MixedPipeline(video=VideoEncoding(width=W, height=H, fps=FPS, gop_seconds=1, codec="h265"),
                          audio=AudioEncoding(), layout=Layout(mode=LayoutMode.GRID), fill_type=FillType.LAST_FRAME,

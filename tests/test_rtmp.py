@@ -19,6 +19,7 @@ import av
 import imageio_ffmpeg
 import pytest
 
+from cloudrec.core.naming import A8Names
 from cloudrec.core.media import MediaUnit, StreamInfo
 from cloudrec.core.rooms import RoomIdType, RoomKey
 from cloudrec.core.spec import TrackKind
@@ -232,7 +233,7 @@ async def test_ffmpeg_publisher_joins_streams_in_real_time_and_records(
         assert abs(near[0] - src) > 0.05 or abs(float(g.unit.dts * g.unit.info.time_base) - src - near[1]) < 0.0021
 
     # What a recorder makes of it: an MP4 stream copy that plays with the clip's duration.
-    sink = Mp4Sink(SinkTarget(directory=tmp_path, base="alice", track_type=None, user_id="alice", media="main", wall0_ms=0),
+    sink = Mp4Sink(SinkTarget(directory=tmp_path, names=A8Names("alice", None), track_type=None, user_id="alice", media="main", wall0_ms=0),
                    max_seconds=3600)
     sink.open([vinfo, ainfo])
     merged = sorted([(float(g.unit.dts * g.unit.info.time_base), 0, g.unit) for g in video]

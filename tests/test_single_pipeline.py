@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from cloudrec.core.naming import A8Names
 from cloudrec.core import naming
 from cloudrec.core.media import FileEvent, MediaUnit, PacketSink, StreamInfo
 from cloudrec.core.spec import AudioEncoding, Container, VideoEncoding
@@ -52,7 +53,7 @@ def run_pipeline(
     max_file_seconds: float = 3600,
 ) -> tuple[SinglePipeline, list[FileEvent], SinkFactory]:
     events: list[FileEvent] = []
-    target = SinkTarget(directory=tmp_path, base=BASE, track_type=track_type, user_id="u1", media="main", wall0_ms=0,
+    target = SinkTarget(directory=tmp_path, names=A8Names(BASE, track_type), track_type=track_type, user_id="u1", media="main", wall0_ms=0,
                         on_event=events.append)
     factory = SinkFactory(outputs, target, max_file_seconds=max_file_seconds, segment_seconds=2.0)
 
@@ -196,7 +197,7 @@ def test_audio_only_aac_and_rotation(tmp_path: Path, sources: dict[str, Path]) -
 def test_video_only_and_stop_event(tmp_path: Path, sources: dict[str, Path]) -> None:
     video, _ = demux_units(sources["small"], offset=ROOM_T0)
     events: list[FileEvent] = []
-    target = SinkTarget(directory=tmp_path, base=BASE, track_type="video", user_id="u1", media="main", wall0_ms=0,
+    target = SinkTarget(directory=tmp_path, names=A8Names(BASE, "video"), track_type="video", user_id="u1", media="main", wall0_ms=0,
                         on_event=events.append)
     factory = SinkFactory(frozenset({Container.MP4}), target, max_file_seconds=3600)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import av
 import pytest
 
+from cloudrec.core.naming import A8Names
 from cloudrec.core.events import EventKind
 from cloudrec.core.media import FileEvent
 from cloudrec.core.records import to_plain
@@ -156,7 +157,7 @@ async def test_split_files_reach_the_bucket_with_a8_names(moto: str, tmp_path: P
     events: list[FileEvent] = []
     wall0 = int(now * 1000)
     base = "1400123456_12345"
-    target = SinkTarget(directory=dest.spool, base=base, track_type=None, user_id="", media="mix", wall0_ms=wall0,
+    target = SinkTarget(directory=dest.spool, names=A8Names(base, None), track_type=None, user_id="", media="mix", wall0_ms=wall0,
                         on_event=events.append)
     sinks = [Mp4Sink(target, max_seconds=3.0), HlsSink(target, segment_seconds=2.0)]
     video, audio = demux_units(encode_media(tmp_path / "src.mp4", seconds=10.0))

@@ -26,6 +26,7 @@ from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from starlette.applications import Starlette
 
+from cloudrec.core.naming import A8Names
 from cloudrec.core.h264 import annexb_nals
 from cloudrec.api.whip import InvalidToken, WebRtcGrant, WebRtcRequest, webrtc_routes
 from cloudrec.core.ingest import IngestSpec
@@ -230,7 +231,7 @@ async def test_h264_publish_is_stream_copied_and_records(tmp_path: Path, sample_
     assert pcm.size > 48_000 and float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2))) > 0.02
     assert abs(audio[0].seconds - video[0].seconds) < 0.5
     # recording it: a playable MP4 with the same SPS (no re-encode) and the right duration
-    sink = Mp4Sink(SinkTarget(directory=tmp_path, base="alice", track_type=None, user_id="alice", media="main", wall0_ms=0),
+    sink = Mp4Sink(SinkTarget(directory=tmp_path, names=A8Names("alice", None), track_type=None, user_id="alice", media="main", wall0_ms=0),
                    max_seconds=3600)
     sink.open([video[0].info, audio[0].info])
     for index, unit in sorted([(0, u) for u in video] + [(1, u) for u in audio], key=lambda iu: iu[1].seconds):

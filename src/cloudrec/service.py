@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import socket
 
@@ -11,11 +12,14 @@ import uvicorn
 
 from cloudrec.api.app import create_app
 from cloudrec.api.whip import STREAM_TYPES, InvalidToken, WebRtcGrant, WebRtcRequest, webrtc_routes
-from cloudrec.callbacks.notifier import Notifier, NotifierConfig, Receiver
+from cloudrec.callbacks.notifier import Notifier, NotifierConfig
 from cloudrec.control.apps import AppInfo
 from cloudrec.control.limits import RateLimiter
 from cloudrec.control.metrics import MetricsReport
+from cloudrec.core.events import CallbackTarget, OutboxEvent
 from cloudrec.core.metrics import Metrics
+from cloudrec.core.records import from_plain
+from cloudrec.core.spec import RecordingSpec
 from cloudrec.control.rooms import RoomControl
 from cloudrec.control.schedules import ScheduleControl
 from cloudrec.control.tasks import TaskControl
@@ -163,11 +167,15 @@ class Service:
                 live.append(room.key)
         return live
 
-    def _receiver(self, app_id: int) -> Receiver | None:
-        app = self.settings.app(app_id)
-        if app is None or not app.callback_url:
+    async def _receiver(self, event: OutboxEvent) -> CallbackTarget | None:
+        """Where an event goes: the task's own receiver if its request named one, else the dialect's."""
+        if event.dialect == TRTC_DIALECT:
+            app = self.settings.app(event.room.app_id)
+            return CallbackTarget(url=app.callback_url, key=app.callback_key) if app and app.callback_url else None
+        task = await self.store.get_task(event.task_id)
+        if task is None:
             return None
-        return Receiver(url=app.callback_url, key=app.callback_key)
+        return from_plain(RecordingSpec, json.loads(task.spec)).callback
 
     def _dev_usersig(self, app_id: str, user_id: str) -> str | None:
         app = self.settings.app(int(app_id)) if is_decimal(app_id) else None

@@ -226,6 +226,8 @@ def parse_settings(raw: dict[str, Any], base_dir: Path) -> Settings:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidRequest("each [[apps]] needs an integer id and a key", field="apps") from exc
+        if apps[-1].id <= 0:  # app 0 is the CSS streams' own (dialects/tencent/css_rooms.py)
+            raise InvalidRequest("[[apps]] ids must be positive", field="apps")
     creds = []
     for c in raw.get("credentials", []):
         try:

@@ -18,14 +18,14 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
 
 import httpx
 
-from cloudrec.core.events import CallbackRequest, OutboxEvent
+from cloudrec.core.events import CallbackRequest, CallbackTarget, OutboxEvent
 from cloudrec.core.metrics import Metrics
 from cloudrec.store.base import EventOutbox
 
@@ -38,15 +38,9 @@ ATTEMPT_HEADER = "X-Cloudrec-Attempt"  # 1 for the first try
 class CallbackFormat(Protocol):
     """A dialect's callback format (e.g. `dialects.tencent.callbacks.TrtcCallbacks`)."""
 
-    def format(self, ev: OutboxEvent, *, key: str, sent_ms: int) -> CallbackRequest | None:
-        """The signed request, or None when the dialect has no callback for this event."""
+    def format(self, ev: OutboxEvent, target: CallbackTarget, *, sent_ms: int) -> CallbackRequest | None:
+        """The signed request, or None when the dialect (or this target) has no callback for this event."""
         ...
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Receiver:
-    url: str
-    key: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,7 +59,7 @@ class Notifier:
         self,
         outbox: EventOutbox,
         formats: Mapping[str, CallbackFormat],
-        receiver: Callable[[int], Receiver | None],
+        receiver: Callable[[OutboxEvent], Awaitable[CallbackTarget | None]],
         config: NotifierConfig = NotifierConfig(),
         *,
         metrics: Metrics | None = None,
@@ -146,10 +140,11 @@ class Notifier:
         for ev in await self.outbox.due_events(now, limit=self.config.batch):
             if ev.id in self._inflight:
                 continue
-            receiver = self.receiver(ev.room.app_id)
+            receiver = await self.receiver(ev)
             fmt = self.formats.get(ev.dialect)
-            if receiver is None or not receiver.url or fmt is None:
-                why = "no callback_url for the app" if fmt is not None else f"no callback format for {ev.dialect!r}"
+            if receiver is None or not receiver.url or fmt is None or fmt.format(ev, receiver, sent_ms=now) is None:
+                why = ("no callback receiver for the task" if receiver is None or not receiver.url else
+                       f"no callback format for {ev.dialect!r}" if fmt is None else "the dialect has no callback for this event")
                 await self.outbox.event_final(ev.id, "skipped", error=why)
                 self._wake.set()  # the task's next event is a head now: look again at once
                 continue
@@ -163,11 +158,11 @@ class Notifier:
             started += 1
         return started
 
-    async def _deliver(self, ev: OutboxEvent, receiver: Receiver, fmt: CallbackFormat) -> None:
+    async def _deliver(self, ev: OutboxEvent, receiver: CallbackTarget, fmt: CallbackFormat) -> None:
         log = {"task_id": ev.task_id, "event_id": ev.id, "event": ev.event.kind.value, "receiver": _host(receiver.url),
                "attempt": ev.attempts + 1}
         try:
-            req = fmt.format(ev, key=receiver.key, sent_ms=_ms())
+            req = fmt.format(ev, receiver, sent_ms=_ms())
             if req is None:
                 await self.outbox.event_final(ev.id, "skipped", error="the dialect has no callback for this event")
                 return

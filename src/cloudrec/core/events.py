@@ -34,6 +34,7 @@ class EventKind(Enum):
     FILES_FINISHED = "files_finished"  # whole files (MP4/AAC/MP3) of the task are stored
     VOD_COMMITTED = "vod_committed"  # one file committed to the VOD library
     VOD_FINISHED = "vod_finished"  # the VOD part of the task finished
+    FILE_STORED = "file_stored"  # one segment, whole file or final playlist reached storage
 
 
 class UploadStatus(Enum):
@@ -65,6 +66,20 @@ class StoredFile:
     def plain(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "user_id": self.user_id, "track_type": self.track_type,
                 "media": self.media, "begin_ms": self.begin_ms, "end_ms": self.end_ms, "size": self.size}
+
+
+# Extension → the `format` of a FILE_STORED event.
+FILE_FORMATS = {"m3u8": "hls", "ts": "segment", "m4s": "segment", "mp4": "mp4", "aac": "aac", "mp3": "mp3",
+                "flv": "flv"}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallbackTarget:
+    """Where a task's callbacks go and how they are signed."""
+
+    url: str
+    key: str = field(default="", repr=False)
+    file_formats: frozenset[str] = frozenset()  # FILE_FORMATS values reported one by one (dialects that can)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -163,6 +178,12 @@ class UploadTracker:
                     "playlist": pl.name, "user_id": pl.user_id, "track_type": pl.track_type, "media": pl.media,
                     "begin_ms": pl.begin_ms}))
         return out
+
+    def file_stored(self, f: StoredFile, at_ms: int, *, key: str) -> list[Event]:
+        """A segment, a closed whole file or a finished playlist is in storage under `key`."""
+        ext = f.name.rsplit(".", 1)[-1]
+        return [Event(kind=EventKind.FILE_STORED, at_ms=at_ms, payload={
+            **f.plain(), "format": FILE_FORMATS.get(ext, ext), "key": key, "url": self._url(f.name) if self.vod else ""})]
 
     def failed_upload(self, at_ms: int, *, name: str, code: str, message: str) -> list[Event]:
         """Storage refused `name`; `code`/`message` as the backend returned them (never credentials)."""

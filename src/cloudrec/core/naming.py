@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import base64
-from datetime import datetime, timezone
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Protocol
 
 from cloudrec.core.rooms import RoomIdType, RoomKey
-from cloudrec.core.spec import TrackKind
+from cloudrec.core.spec import Container, NameScheme, TrackKind
 
 
 def encode_id(value: str) -> str:
@@ -49,3 +53,128 @@ def segment_name(base: str, track_type: str | None, start_unix_ms: int, ext: str
 def file_name(base: str, track_type: str | None, index: int, ext: str) -> str:
     middle = f"_{track_type}" if track_type else ""
     return f"{base}{middle}_{index}.{ext}"
+
+
+# --- names from templates (NameScheme) ---------------------------------------------------------
+
+NAME_FIELDS = ("app", "room", "user", "media", "track", "label", "task", "random", "seq", "index", "start", "end",
+               "start_ms", "end_ms")
+_FIELD = re.compile(r"\{(\w+)(?::([^{}]*))?\}")
+_EXTENSIONS = {"mp4": Container.MP4, "aac": Container.AAC, "mp3": Container.MP3, "flv": Container.FLV}
+
+
+class FileNamer(Protocol):
+    """Names of one file set's files (relative paths under the task's spool / destination root)."""
+
+    def playlist(self, track: str, start_ms: int) -> str: ...
+
+    def segment(self, track: str, start_ms: int, seq: int, playlist: str) -> str:
+        """A segment of `playlist` (always in the playlist's directory)."""
+        ...
+
+    def file(self, track: str, index: int, start_ms: int, ext: str, end_ms: int | None = None) -> str:
+        """With `end_ms` None, a name that uses the end time is provisional (see `renames`)."""
+        ...
+
+    def renames(self, ext: str) -> bool:
+        """Whether a closed file of this kind gets a new name (its name has the end time)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class A8Names:
+    """The product's own names (TRTC A.8): `<base>[_<type>]…`."""
+
+    base: str
+    track_type: str | None  # the name suffix; None: none (the mix)
+
+    def playlist(self, track: str, start_ms: int) -> str:
+        return playlist_name(self.base, self.track_type)
+
+    def segment(self, track: str, start_ms: int, seq: int, playlist: str) -> str:
+        return segment_name(self.base, self.track_type, start_ms)
+
+    def file(self, track: str, index: int, start_ms: int, ext: str, end_ms: int | None = None) -> str:
+        return file_name(self.base, self.track_type, index, ext)
+
+    def renames(self, ext: str) -> bool:
+        return False
+
+
+def check_template(template: str) -> None:
+    """ValueError unless `template` only uses known fields (dialects check user patterns with it)."""
+    for m in _FIELD.finditer(template):
+        if m.group(1) not in NAME_FIELDS:
+            raise ValueError(f"unknown name field {{{m.group(1)}}}")
+    for m in _FIELD.finditer(template):
+        if m.group(2) is not None and m.group(1) not in ("start", "end"):
+            raise ValueError(f"{{{m.group(1)}}} takes no format")
+
+
+def safe_name(name: str) -> str:
+    """`name` if it is a relative path without `..` or empty parts; ValueError otherwise."""
+    parts = name.split("/")
+    if not name or any(p in ("", ".", "..") or p.startswith(".") or "\\" in p or "\0" in p for p in parts):
+        raise ValueError(f"unsafe file name {name!r}")
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class PatternNames:
+    """Names expanded from `NameScheme` templates; formats without a scheme fall back to `fallback`."""
+
+    schemes: tuple[NameScheme, ...]
+    fields: Mapping[str, str]  # app, room, user, media, task, random
+    fallback: FileNamer
+
+    def _scheme(self, container: Container) -> NameScheme | None:
+        return next((s for s in self.schemes if container in s.formats), None)
+
+    def _expand(self, scheme: NameScheme, template: str, track: str, values: Mapping[str, str | int | None]) -> str:
+        tz = timezone(timedelta(hours=scheme.tz_hours))
+        labels = dict(scheme.labels)
+
+        def one(m: re.Match[str]) -> str:
+            key, fmt = m.group(1), m.group(2)
+            if key in ("start", "end"):
+                ms = values.get(f"{key}_ms_raw")
+                if ms is None:
+                    return "open"  # provisional: the end of a file still being written
+                return datetime.fromtimestamp(int(ms) / 1000, tz=tz).strftime(fmt or "%Y%m%d%H%M%S")
+            if key in ("start_ms", "end_ms"):
+                ms = values.get(f"{key}_raw")
+                return "000" if ms is None else f"{int(ms) % 1000:03d}"
+            if key == "track":
+                return track
+            if key == "label":
+                return labels.get(f"{self.fields.get('media', '')}/{track}", "")
+            value = values.get(key, self.fields.get(key, ""))
+            return "" if value is None else str(value)
+
+        return safe_name(_FIELD.sub(one, template))
+
+    def playlist(self, track: str, start_ms: int) -> str:
+        scheme = self._scheme(Container.HLS)
+        if scheme is None:
+            return self.fallback.playlist(track, start_ms)
+        return self._expand(scheme, scheme.file, track, {"start_ms_raw": start_ms, "seq": 0, "index": 1}) + ".m3u8"
+
+    def segment(self, track: str, start_ms: int, seq: int, playlist: str) -> str:
+        scheme = self._scheme(Container.HLS)
+        if scheme is None:
+            return self.fallback.segment(track, start_ms, seq, playlist)
+        template = scheme.segment or scheme.file + "_{seq}"
+        name = self._expand(scheme, template, track, {"start_ms_raw": start_ms, "seq": seq, "index": 1})
+        directory = playlist.rpartition("/")[0]
+        return (directory + "/" if directory else "") + name.rsplit("/", 1)[-1] + ".ts"
+
+    def file(self, track: str, index: int, start_ms: int, ext: str, end_ms: int | None = None) -> str:
+        scheme = self._scheme(_EXTENSIONS[ext])
+        if scheme is None:
+            return self.fallback.file(track, index, start_ms, ext, end_ms)
+        values: dict[str, str | int | None] = {"start_ms_raw": start_ms, "end_ms_raw": end_ms, "index": index, "seq": 0}
+        return self._expand(scheme, scheme.file, track, values) + "." + ext
+
+    def renames(self, ext: str) -> bool:
+        scheme = self._scheme(_EXTENSIONS[ext])
+        return scheme is not None and any(m.group(1) in ("end", "end_ms") for m in _FIELD.finditer(scheme.file))

@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass, field, replace
 from enum import Enum, IntEnum
 
+from cloudrec.core.events import CallbackTarget
 from cloudrec.core.rooms import RoomKey
 
 
@@ -51,6 +52,7 @@ class Container(Enum):
     MP4 = "mp4"
     AAC = "aac"
     MP3 = "mp3"
+    FLV = "flv"
 
 
 class LayoutMode(IntEnum):
@@ -241,6 +243,22 @@ class StorageTarget:
     endpoint_url: str | None = None
     access_key: str = field(default="", repr=False)
     secret_key: str = field(default="", repr=False)
+    task_dir: bool = True  # keys are `<prefix…>/<TaskId>/<name>`; False: `<prefix…>/<name>` (names are unique)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NameScheme:
+    """How the files of some output formats are named, as templates (see `core.naming.NAME_FIELDS`).
+
+    Names are relative paths under the destination root, without extension. HLS segments live in
+    their playlist's directory. A name that uses `{end:…}` gets its final form when the file closes.
+    """
+
+    formats: frozenset[Container]
+    file: str  # whole files and playlists
+    segment: str = ""  # HLS segments; "" = `<file>_{seq}`
+    tz_hours: float = 0.0  # of {start:…} and {end:…}
+    labels: tuple[tuple[str, str], ...] = ()  # "<media>/<track_type>" → the text of {label}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -253,13 +271,22 @@ class RecordingSpec:
     max_idle_seconds: int = 30
     outputs: frozenset[Container] = frozenset({Container.HLS})
     av_merge: bool = False
-    max_file_minutes: int = 1440
+    max_file_seconds: int = 86400
     media_select: MediaSelect = MediaSelect.MAIN_AND_AUX
     fill_type: FillType = FillType.LAST_FRAME
     video: VideoEncoding = VideoEncoding()
     audio: AudioEncoding = AudioEncoding()
     layout: Layout = Layout()
     storage: StorageTarget = StorageTarget()
+    names: tuple[NameScheme, ...] = ()  # by output format; none = the product's own (A.8) names
+    segment_seconds: float | None = None  # HLS target duration; None = the server's setting
+    callback: CallbackTarget | None = None  # this task's own receiver (else the dialect's configured one)
+    # Time window and presence rules (a scheduled recording of a live stream):
+    not_before_ms: int = 0  # nothing is recorded before this unix time
+    not_after_ms: int = 0  # the task ends (TIMEOUT) at this unix time; 0 = no end
+    idle_stop: bool = True  # False: absent publishers never end the task (only not_after does)
+    new_files_per_publish: bool = False  # each publish of a user starts a new file set
+    idle_per_stream: bool = False  # single mode: each stream ends after max_idle_seconds alone
 
     def modified(self, *, layout: Layout | None, subscription: Subscription | None) -> RecordingSpec:
         """The spec after a live change (layout and subscriptions are replaced, not patched)."""

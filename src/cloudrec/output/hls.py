@@ -26,10 +26,9 @@ import av
 from av.container import OutputContainer
 from av.stream import Stream
 
-from cloudrec.core import naming
 from cloudrec.core.media import MediaUnit, PacketSink, StreamInfo
 from cloudrec.output.mp4 import declare_stream, make_packet, unit_end_seconds, unit_seconds
-from cloudrec.output.target import SinkTarget
+from cloudrec.output.target import SinkTarget, track_type_of
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +66,7 @@ def render_playlist(segments: Sequence[Segment], *, start_ms: int, target: float
             lines.append("#EXT-X-DISCONTINUITY")
         lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{program_date_time(s.begin_ms)}")
         lines.append(f"#EXTINF:{s.duration:.3f},")
-        lines.append(s.name)
+        lines.append(s.name.rsplit("/", 1)[-1])  # segments sit next to their playlist
     if ended:
         lines.append("#EXT-X-ENDLIST")
     return "\n".join(lines) + "\n"
@@ -87,7 +86,7 @@ class HlsSink(PacketSink):
         (after a stream change); the first new segment is marked as a discontinuity."""
         self.target = target
         self.segment_seconds = segment_seconds
-        self.playlist = naming.playlist_name(target.base, target.track_type)
+        self.playlist = ""  # named when the first segment starts (names may hold the start time)
         self.segments: list[Segment] = []
         self.dropped = 0
         self.errors = 0
@@ -107,6 +106,7 @@ class HlsSink(PacketSink):
         if continue_from is not None and continue_from.segments:
             self.segments = list(continue_from.segments)
             self._start_ms = continue_from._start_ms
+            self.playlist = continue_from.playlist
             self._discontinuity = True
 
     def open(self, streams: Sequence[StreamInfo]) -> None:
@@ -143,7 +143,11 @@ class HlsSink(PacketSink):
     # -- internals -------------------------------------------------------------------------------
     def _start_segment(self, t: float) -> None:
         begin_ms = self.target.unix_ms(t)
-        self._seg_name = naming.segment_name(self.target.base, self.target.track_type, begin_ms)
+        track = track_type_of(self._streams, self.target.track_type)
+        if not self.playlist:
+            self.playlist = self.target.names.playlist(track, begin_ms)
+        self._seg_name = self.target.names.segment(track, begin_ms, len(self.segments), self.playlist)
+        (self.target.directory / self._seg_name).parent.mkdir(parents=True, exist_ok=True)
         # A constant offset for every segment (as FFmpeg's HLS muxer does): the first units of a mix have
         # negative dts (B-frame delay), and the muxer would shift only the first segment to avoid them,
         # putting a jump of a few frames into the timeline at the first segment boundary.

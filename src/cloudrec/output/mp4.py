@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import replace
 from fractions import Fraction
@@ -29,11 +30,10 @@ from av.audio.codeccontext import AudioCodecContext
 from av.stream import Stream
 from av.video.codeccontext import VideoCodecContext
 
-from cloudrec.core import naming
 from cloudrec.core.aac import adts_audio_config, adts_sample_rate, is_adts, strip_adts
 from cloudrec.core.h264 import annexb_nals, is_annexb
 from cloudrec.core.media import MediaUnit, PacketSink, StreamInfo
-from cloudrec.output.target import SinkTarget
+from cloudrec.output.target import SinkTarget, track_type_of
 
 logger = logging.getLogger(__name__)
 
@@ -165,6 +165,7 @@ class RotatingFileSink(PacketSink):
         self._container: OutputContainer | None = None
         self._out: list[Stream] = []
         self._name = ""
+        self._track = ""
         self._offset = 0.0  # seconds subtracted in the current file
         self._begin_ms = 0
         self._end_s = 0.0
@@ -223,8 +224,10 @@ class RotatingFileSink(PacketSink):
     def _start_file(self, t: float, ours: int, unit: MediaUnit) -> None:
         self._streams[ours] = complete_info(self._streams[ours], unit)
         self.index += 1
-        self._name = naming.file_name(self.target.base, self.target.track_type, self.index, self.extension)
+        self._track = track_type_of(self._streams, self.target.track_type)
+        self._name = self.target.names.file(self._track, self.index, self.target.unix_ms(t), self.extension)
         path = self.target.directory / self._name
+        path.parent.mkdir(parents=True, exist_ok=True)
         container = av.open(str(path), "w", format=self.format_name, options=dict(self.container_options))
         assert isinstance(container, OutputContainer)
         self._out = [declare_stream(container, info) for info in self._streams]
@@ -236,7 +239,8 @@ class RotatingFileSink(PacketSink):
         self._last_dts = {}
         self.files.append(self._name)
         logger.info("file started", extra={"file": self._name, "begin_ms": self._begin_ms})
-        self._emit(end_ms=None, final=False)
+        if not self.target.names.renames(self.extension):  # a provisional name is never reported
+            self._emit(end_ms=None, final=False)
 
     def _mux(self, ours: int, unit: MediaUnit) -> None:
         container = self._container
@@ -270,6 +274,12 @@ class RotatingFileSink(PacketSink):
         except (av.error.FFmpegError, OSError) as exc:
             logger.warning("file not finalized", extra={"file": self._name, "error": str(exc)})
         end_ms = self.target.unix_ms(self._end_s)
+        if self.target.names.renames(self.extension):
+            final = self.target.names.file(self._track, self.index, self._begin_ms, self.extension, end_ms)
+            final_path = self.target.directory / final
+            final_path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.target.directory / self._name, final_path)
+            self.files[-1] = self._name = final
         logger.info("file finished", extra={"file": self._name, "end_ms": end_ms})
         self._emit(end_ms=end_ms, final=True)
 

@@ -1,6 +1,6 @@
 """`SinkTarget`: where one file set of a recording goes and how its files are reported.
 
-Every sink of a set (HLS, MP4, AAC/MP3) shares it: the directory, the A.8 name parts, the task's
+Every sink of a set (HLS, MP4, AAC/MP3) shares it: the directory, the file names, the task's
 wall-clock zero and the callback that records each file.
 """
 
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cloudrec.core.media import FileEvent, StreamInfo
+from cloudrec.core.naming import FileNamer
 
 
 def track_type_of(streams: Sequence[StreamInfo], track_type: str | None) -> str:
@@ -24,7 +25,7 @@ def track_type_of(streams: Sequence[StreamInfo], track_type: str | None) -> str:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SinkTarget:
     directory: Path
-    base: str  # A.8 name stem (`<SdkAppId>_<RoomId>` or the per-user form)
+    names: FileNamer  # the names of this set's files
     track_type: str | None  # name suffix; None: derived from the streams
     user_id: str  # "" for the mix
     media: str  # "main" | "aux" | "mix"

@@ -16,7 +16,7 @@ from cloudrec.storage.base import StorageFailure
 
 def task_directory(storage_dir: Path, target: StorageTarget, task_id: str) -> Path:
     bucket = target.bucket or target.vendor  # VOD tasks have no bucket: they go under "vod/"
-    path = storage_dir.joinpath(bucket, *target.prefix, task_id)
+    path = storage_dir.joinpath(bucket, *target.prefix, task_id)  # task_id "": the prefix directory
     # Bucket, prefix and task id were validated as safe components; refuse anything that escapes anyway.
     if storage_dir.resolve() not in path.resolve().parents:
         raise ValueError("storage path escapes the storage directory")

@@ -37,8 +37,9 @@ def segment_names(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if _is_uri(line)]
 
 
-def publishable(text: str, stored: Container[str]) -> Published:
-    """`text` cut after the last segment of the leading run of `stored` segments."""
+def publishable(text: str, stored: Container[str], directory: str = "") -> Published:
+    """`text` cut after the last segment of the leading run of `stored` segments. The playlist lists
+    its segments relative to its own `directory` ("" or "a/b/"); `stored` holds full names."""
     lines = text.splitlines()
     header_end = next((i for i, line in enumerate(lines) if line.startswith(_SEGMENT_TAGS) or _is_uri(line)), len(lines))
     out = lines[:header_end]
@@ -53,7 +54,7 @@ def publishable(text: str, stored: Container[str]) -> Published:
         total += 1
         if cut:
             continue
-        if line.strip() in stored:
+        if directory + line.strip() in stored:
             out.extend(pending)
             out.append(line)
             pending = []

@@ -91,16 +91,21 @@ class StorageRouter:
             endpoint = self.config.vod.endpoint_url or None
         else:
             endpoint = self._endpoint(target)
-        if endpoint is None:
-            root = self.config.storage_dir
-            spool = task_directory(root, target, task_id)
-            return Destination(store=LocalStore(root), key_prefix=spool.relative_to(root).as_posix() + "/", spool=spool,
-                               in_place=True)
         spool = self.config.spool_dir / task_id
         if self.config.spool_dir.resolve() not in spool.resolve().parents:
             raise ValueError("spool path escapes the spool directory")
-        return Destination(store=self._s3(target, endpoint), key_prefix="".join(f"{p}/" for p in target.prefix) + f"{task_id}/",
-                           spool=spool, in_place=False)
+        if endpoint is None:
+            root = self.config.storage_dir
+            if not target.task_dir:
+                # Names are keys under the bucket and prefix, shared with other tasks: the task writes
+                # into its own spool and its files are copied in (never written in place there).
+                prefix = task_directory(root, target, "").relative_to(root).as_posix()
+                return Destination(store=LocalStore(root), key_prefix=prefix + "/", spool=spool, in_place=False)
+            task_dir = task_directory(root, target, task_id)
+            return Destination(store=LocalStore(root), key_prefix=task_dir.relative_to(root).as_posix() + "/",
+                               spool=task_dir, in_place=True)
+        key_prefix = "".join(f"{p}/" for p in target.prefix) + (f"{task_id}/" if target.task_dir else "")
+        return Destination(store=self._s3(target, endpoint), key_prefix=key_prefix, spool=spool, in_place=False)
 
     def _endpoint(self, target: StorageTarget) -> str | None:
         if target.vendor == "local":

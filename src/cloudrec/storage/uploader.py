@@ -239,7 +239,10 @@ class Uploader:
                 await self._failed(task, row, StorageFailure("InternalError", type(exc).__name__, permanent=False))
                 return
         self._settled.add(row.id)
-        await self.queue.upload_done(row.id, now_ms=_now_ms(), size=size)
+        record = await self._file(task, row.name)
+        now = _now_ms()
+        events = task.tracker.file_stored(_stored(record, size), now, key=task.dest.key(row.name)) if record else []
+        await self.queue.upload_done(row.id, now_ms=now, size=size, events=events)
         task.stored.add(row.name)
         if not task.dest.in_place:
             if self.metrics is not None:
@@ -290,7 +293,8 @@ class Uploader:
         except FileNotFoundError as exc:
             raise StorageFailure("SpoolFileMissing", f"{row.name} is not in the spool", permanent=True) from exc
         # In place (local backend), the sink only ever lists segments it has closed next to it.
-        pub = publishable(text, _Everything() if task.dest.in_place else task.stored)
+        directory = row.name.rpartition("/")[0]
+        pub = publishable(text, _Everything() if task.dest.in_place else task.stored, directory + "/" if directory else "")
         now = _now_ms()
         events: list[Event] = []
         if pub.text != task.published.get(row.name):
@@ -308,6 +312,10 @@ class Uploader:
                         name="", kind="segment", user_id=playlist.user_id, track_type=playlist.track_type,
                         media=playlist.media, begin_ms=playlist.begin_ms), now)
         if pub.complete:
+            playlist = await self._file(task, row.name)
+            if playlist is not None:  # the file set ended and its playlist lists everything
+                events += task.tracker.file_stored(_stored(playlist, len(pub.text.encode())), now,
+                                                   key=task.dest.key(row.name))
             self._settled.add(row.id)
             await self.queue.upload_done(row.id, now_ms=now, size=len(pub.text.encode()), events=events)
             task.stored.add(row.name)
@@ -315,7 +323,7 @@ class Uploader:
                 self._discard(task, row.name)
             return
         names = text.splitlines()
-        blocked = next((n for n in (line.strip() for line in names) if n in task.failed), None)
+        blocked = next((n for n in (directory + "/" * bool(directory) + line.strip() for line in names) if n in task.failed), None)
         if blocked is not None:  # a listed segment will never be stored: so neither will this playlist
             self._settled.add(row.id)
             await self.queue.upload_published(row.id, now_ms=now, events=events)

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -314,8 +315,8 @@ class RecordingSession(Session):
             await self.store.put_file(self.task.id, replace(f, end_ms=f.end_ms or end_ms, final=True), upload_on=self.node)
             logger.info("interrupted file closed", extra={**self.log, "file": f.name})
         if self.directory.is_dir():
-            for path in self.directory.glob("*.ts"):
-                if path.name not in known:
+            for path in self.directory.rglob("*.ts"):
+                if path.relative_to(self.directory).as_posix() not in known:
                     path.unlink(missing_ok=True)
         runs = [int(m.group(1)) for f in files if (m := re.match(r"ha(\d+)_", f.name))]
         self.name_prefix = f"ha{max(runs, default=0) + 1}_"
@@ -400,9 +401,22 @@ class RecordingSession(Session):
         if drained:
             self.uploader.wake(self.task.id)
 
-    def _target(self, base: str, track_type: str | None, user_id: str, media: str, wall0_ms: int = 0) -> SinkTarget:
-        return SinkTarget(directory=self.directory, base=base, track_type=track_type, user_id=user_id, media=media,
+    def _target(self, track_type: str | None, user_id: str, media: str, wall0_ms: int = 0) -> SinkTarget:
+        spec = self.spec
+        if media == "mix":
+            base = naming.mixed_base(spec.room)
+        else:
+            base = naming.user_base(spec.room, user_id, TrackKind.AUX if media == "aux" else TrackKind.MAIN)
+        names: naming.FileNamer = naming.A8Names(self.name_prefix + base, track_type)
+        if spec.names:
+            fields = {"app": str(spec.room.app_id), "room": spec.room.room_id, "user": user_id, "media": media,
+                      "task": self.task.id, "random": secrets.token_hex(4)}
+            names = naming.PatternNames(spec.names, fields, names)
+        return SinkTarget(directory=self.directory, names=names, track_type=track_type, user_id=user_id, media=media,
                           wall0_ms=wall0_ms, on_event=self._on_file)
+
+    def _segment_seconds(self) -> float:
+        return self.spec.segment_seconds or self.config.segment_seconds
 
     # --- mixed: layout pictures ---------------------------------------------------------------
     def _fetch_pictures(self) -> None:
@@ -465,9 +479,9 @@ class RecordingSession(Session):
         # Audio-file outputs only (AAC/MP3): no picture is composed or encoded at all.
         video = spec.stream_type.video and not spec.outputs <= {Container.AAC, Container.MP3}
         sinks = make_sinks(
-            spec.outputs, self._target(self.name_prefix + naming.mixed_base(spec.room), None, "", "mix", wall0_ms),
-            max_file_seconds=spec.max_file_minutes * 60.0, has_video=video, has_audio=spec.stream_type.audio,
-            segment_seconds=self.config.segment_seconds, extract_audio=True,  # "HLS+AAC": the AAC file takes the audio
+            spec.outputs, self._target(None, "", "mix", wall0_ms),
+            max_file_seconds=float(spec.max_file_seconds), has_video=video, has_audio=spec.stream_type.audio,
+            segment_seconds=self._segment_seconds(), extract_audio=True,  # "HLS+AAC": the AAC file takes the audio
         )
         pipeline = MixedPipeline(
             video=spec.video if video else None,
@@ -526,11 +540,9 @@ class RecordingSession(Session):
         if factory is None:
             # One factory per user stream for the whole task: when the user publishes again (or the
             # stream parameters change) files continue (`_2.mp4`, an HLS discontinuity), never overwrite.
-            video_kind = TrackKind.AUX if media == "aux" else TrackKind.MAIN
             factory = self.single_factories[key] = SinkFactory(
-                self.spec.outputs, self._target(self.name_prefix + naming.user_base(self.spec.room, user, video_kind),
-                                                track_type, user, media),
-                max_file_seconds=self.spec.max_file_minutes * 60.0, segment_seconds=self.config.segment_seconds,
+                self.spec.outputs, self._target(track_type, user, media),
+                max_file_seconds=float(self.spec.max_file_seconds), segment_seconds=self._segment_seconds(),
                 extract_audio=True,  # "HLS+AAC": the AAC file takes the audio
             )
         subs = {k: t.subscribe() for k, t in tracks.items()}

@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from cloudrec.core.events import CallbackRequest, EventKind, OutboxEvent
+from cloudrec.core.events import CallbackRequest, CallbackTarget, EventKind, OutboxEvent
 from cloudrec.core.rooms import RoomIdType
 from cloudrec.core.states import StopReason
 from cloudrec.core.ids import is_decimal
@@ -130,7 +130,7 @@ def payload(kind: EventKind, p: Mapping[str, Any]) -> dict[str, Any]:
 class TrtcCallbacks:
     """Formats and signs outbox events of tasks created through the TRTC API."""
 
-    def format(self, ev: OutboxEvent, *, key: str, sent_ms: int) -> CallbackRequest | None:
+    def format(self, ev: OutboxEvent, target: CallbackTarget, *, sent_ms: int) -> CallbackRequest | None:
         event_type = EVENT_TYPES.get(ev.event.kind)
         if event_type is None:
             return None
@@ -152,6 +152,7 @@ class TrtcCallbacks:
             },
         }).encode()
         headers = {"Content-Type": "application/json", "SdkAppId": str(ev.room.app_id)}
+        key = target.key
         if key:  # without a key Tencent's behaviour is unconfirmed; we send no Sign header
             headers["Sign"] = sign(key, body)
         return CallbackRequest(body=body, headers=headers)

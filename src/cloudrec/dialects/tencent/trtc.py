@@ -150,7 +150,7 @@ class TrtcActions:
             max_idle_seconds=rp.integer("MaxIdleTime", default=30, lo=5, hi=86400) or 30,
             outputs=outputs,
             av_merge=bool(rp.integer("AvMerge", default=0, choices=(0, 1))),
-            max_file_minutes=rp.integer("MaxMediaFileDuration", default=1440, lo=1, hi=1440) or 1440,
+            max_file_seconds=60 * (rp.integer("MaxMediaFileDuration", default=1440, lo=1, hi=1440) or 1440),
             media_select=MediaSelect(rp.integer("MediaId", default=0, choices=(0, 1, 2)) or 0),
             fill_type=FillType(rp.integer("FillType", default=0, choices=(0, 1)) or 0),
             video=video,
