@@ -22,6 +22,9 @@ CONTAINERS = {"FlvParam": Container.FLV, "HlsParam": Container.HLS, "Mp4Param": 
               "AacParam": Container.AAC, "Mp3Param": Container.MP3}
 DEFAULT_VOD_NAME = ("{StreamID}_{StartYear}-{StartMonth}-{StartDay}-{StartHour}-{StartMinute}-{StartSecond}"
                     "_{EndYear}-{EndMonth}-{EndDay}-{EndHour}-{EndMinute}-{EndSecond}")
+# A playlist is published while it grows, so its name cannot wait for the end time: our HLS default
+# leaves the End* part out (a user's VodFileName with End* placeholders gets "open" there).
+DEFAULT_HLS_NAME = "{StreamID}_{StartYear}-{StartMonth}-{StartDay}-{StartHour}-{StartMinute}-{StartSecond}"
 _TIME = {"Year": "%Y", "Month": "%m", "Day": "%d", "Hour": "%H", "Minute": "%M", "Second": "%S"}
 _PLACEHOLDER = re.compile(r"\{([A-Za-z]+)\}")
 
@@ -59,7 +62,8 @@ def recording_spec(room: RoomKey, *, domain: str, app_name: str, stream: str, te
     cos = template is not None and template["CosStore"] == 1
     names = []
     for field, p in params.items():
-        raw = (p["CosBucketPath"].lstrip("/") if cos else p["VodFileName"]) or DEFAULT_VOD_NAME
+        default = DEFAULT_HLS_NAME if field == "HlsParam" else DEFAULT_VOD_NAME
+        raw = (p["CosBucketPath"].lstrip("/") if cos else p["VodFileName"]) or default
         names.append(NameScheme(formats=frozenset({CONTAINERS[field]}), tz_hours=BEIJING_HOURS,
                                 file=pattern(raw, domain=domain, app_name=app_name, stream=stream)))
     if cos:
