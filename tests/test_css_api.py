@@ -139,8 +139,9 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("CreateRecordTask", task_params("s", start=NOW - 7200, seconds=3600), "InvalidParameter"),  # EndTime passed
     ("CreateRecordTask", task_params("s", seconds=86401), "InvalidParameter"),  # window > 24 h
     ("CreateRecordTask", task_params("s", seconds=0), "InvalidParameter"),  # EndTime = StartTime
-    ("CreateRecordTask", task_params("s", start=NOW + 6 * 86400 + 120), "InvalidParameter"),  # start > now + 6 days
-    ("CreateRecordTask", {"StreamName": "s", "DomainName": DOMAIN, "AppName": "live", "EndTime": NOW + 86400 + 60},
+    # (margins of an hour: NOW is taken when the module is imported, long before some cases run)
+    ("CreateRecordTask", task_params("s", start=NOW + 6 * 86400 + 3600), "InvalidParameter"),  # start > now + 6 days
+    ("CreateRecordTask", {"StreamName": "s", "DomainName": DOMAIN, "AppName": "live", "EndTime": NOW + 86400 + 3600},
      "InvalidParameter"),  # no StartTime: from now, still ≤ 24 h
     ("CreateRecordTask", task_params("a/b"), "InvalidParameter"),
     ("CreateRecordTask", task_params("s", DomainName="not a domain"), "InvalidParameter"),
