@@ -23,6 +23,7 @@ from cloudrec.core.records import from_plain
 from cloudrec.core.rooms import RoomKey
 from cloudrec.core.spec import RecordingSpec, TrackKind
 from cloudrec.control.rooms import RoomControl
+from cloudrec.control.schedules import ScheduleControl
 from cloudrec.control.tasks import TaskControl
 from cloudrec.dialects.aliyun import tokens as artc_tokens
 from cloudrec.dialects.aliyun.artc import DIALECT as ARTC_DIALECT
@@ -34,7 +35,9 @@ from cloudrec.dialects.tencent.css_callbacks import DIALECT as CSS_DIALECT
 from cloudrec.dialects.tencent.css_callbacks import REPORTED_FORMATS as CSS_REPORTED_FORMATS
 from cloudrec.dialects.tencent.css_callbacks import CssCallbacks
 from cloudrec.dialects.tencent.css_push import CssPushAuth, PushDomain, PushRefused
-from cloudrec.dialects.tencent.css_rooms import stream_of
+from cloudrec.dialects.tencent.css_rooms import CSS_APP_ID, stream_of
+from cloudrec.dialects.tencent import css
+from cloudrec.dialects.tencent.css_rules import RuleRecorder
 from cloudrec.dialects.tencent.gateway import TencentGateway
 from cloudrec.dialects.tencent.publish import PublishDenied, PublisherAuth
 from cloudrec.dialects.tencent.trtc import DIALECT as TRTC_DIALECT
@@ -92,8 +95,12 @@ class Service:
             max_concurrent=lambda app_id: apps[app_id].max_concurrent_tasks if app_id in apps else 0,
             wake_workers=self.worker.wake,
         )
+        self.css_control = ScheduleControl(self.store, service=css.SERVICE, dialect=CSS_DIALECT,
+                                           wake_workers=self.worker.wake)
+        self.css_rules = RuleRecorder(self.css_control, self._live_css_streams)
         gateway = TencentGateway(
             trtc_actions=TrtcActions(self.control, RoomControl(self.registry, self.control), apps),
+            css_actions=css.CssActions(self.css_control),
             app_rate=lambda app_id: apps[app_id].rate_per_second if app_id in apps else None,
             lookup_secret=settings.secret_for,
             rate_limiter=RateLimiter(settings.rate_limit_per_second),
@@ -242,6 +249,14 @@ class Service:
             return None
         return WebRtcGrant(room=push.room, user_id=push.user_id)
 
+    def _live_css_streams(self) -> list[RoomKey]:
+        """CSS streams being pushed now (their publisher, the stream name, is in the room)."""
+        live = []
+        for room in self.registry.rooms():
+            if room.key.app_id == CSS_APP_ID and any(not t.closed for p in room.snapshot().participants for t in p.tracks.values()):
+                live.append(room.key)
+        return live
+
     async def _receiver(self, event: OutboxEvent) -> CallbackTarget | None:
         """Where an event goes: the task's own receiver if its request named one, else the dialect's."""
         if event.dialect == TRTC_DIALECT:
@@ -278,6 +293,8 @@ class Service:
         await self.worker.start()
         await self.notifier.start()
         await self.rtmp.start()
+        rules_stop = asyncio.Event()
+        rules = asyncio.create_task(self.css_rules.run(rules_stop), name="css-rules")
         config = uvicorn.Config(self.app, host=self.settings.http_host, port=self.settings.http_port,
                                 log_config=None, access_log=False, lifespan="off",
                                 # SDKs keep connections alive and do not retry a POST: closing idle ones after
@@ -297,6 +314,8 @@ class Service:
         await stop.wait()
         logger.info("cloudrec stopping")
         self.ready = False
+        rules_stop.set()
+        await rules
         await self.rtmp.stop()  # publishers leave first, so recordings see them go
         await self.webrtc.stop()
         await self.worker.stop()

@@ -58,22 +58,34 @@ def _v4_nonces(conn: Connection) -> None:
         index.create(conn, checkfirst=True)
 
 
+def _v5_schedules_templates(conn: Connection) -> None:
+    """Scheduled recordings, recording templates and rules (Tencent CSS)."""
+    for table in (tables.schedules, tables.record_templates, tables.record_rules):
+        table.create(conn, checkfirst=True)
+        for index in table.indexes:
+            index.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1_initial),
     (2, _v2_event_delivery),
     (3, _v3_uploads),
     (4, _v4_nonces),
+    (5, _v5_schedules_templates),
 ]
 
 
 def migrate(conn: Connection) -> int:
-    """Bring the schema up to date; returns the resulting version."""
+    """Bring the schema up to date; returns the resulting version.
+
+    Every step not yet recorded runs, in version order: branches that take numbers out of order
+    (5 merged before 4) still get each step exactly once."""
     tables.schema_version.create(conn, checkfirst=True)
-    current = conn.execute(sa.select(sa.func.max(tables.schema_version.c.version))).scalar() or 0
-    for version, step in MIGRATIONS:
-        if version > current:
+    applied = set(conn.execute(sa.select(tables.schema_version.c.version)).scalars())
+    for version, step in sorted(MIGRATIONS, key=lambda m: m[0]):
+        if version not in applied:
             step(conn)
             conn.execute(tables.schema_version.insert().values(version=version, applied_at=time.time()))
             logger.info("schema migrated", extra={"version": version})
-            current = version
-    return current
+            applied.add(version)
+    return max(applied, default=0)

@@ -15,14 +15,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from cloudrec.core.events import Event, EventKind, OutboxEvent
 from cloudrec.core.rooms import RoomIdType, RoomKey
+from cloudrec.core.schedules import RuleRecord, ScheduleRecord, TemplateRecord
 from cloudrec.core.states import StopReason, TaskKind, TaskState
 from cloudrec.core.tasks import FileRecord, TaskRecord, UploadRecord
-from cloudrec.errors import LimitReached
+from cloudrec.errors import Conflict, LimitReached, NotFound
 from cloudrec.store import tables
 from cloudrec.store.migrations import migrate
 
 logger = logging.getLogger(__name__)
 
+CLAIM_LEAD_SECONDS = 2.0  # a scheduled task is claimed this long before its start, so it is ready then
 _ALIVE = [s.value for s in TaskState if s.alive]
 _KINDS = {k.value for k in EventKind}
 NONCE_SWEEP_SECONDS = 60.0
@@ -108,14 +110,18 @@ class SqlTaskStore:
                     raise LimitReached("too many concurrent tasks", reason="concurrency")
             if displace is not None:
                 await conn.execute(t.update().where(same).values(stop_requested=int(displace)))
-            await conn.execute(
-                t.insert().values(
-                    id=task.id, kind=task.kind.value, dialect=task.dialect, app_id=task.room.app_id,
-                    room_id=task.room.room_id, room_id_type=int(task.room.id_type), user_id=task.user_id,
-                    state=task.state.value, spec=task.spec, spec_version=task.spec_version,
-                    created_at=task.created_at, expires_at=task.expires_at,
-                )
+            await self._insert_task(conn, task)
+
+    @staticmethod
+    async def _insert_task(conn: AsyncConnection, task: TaskRecord) -> None:
+        await conn.execute(
+            tables.tasks.insert().values(
+                id=task.id, kind=task.kind.value, dialect=task.dialect, app_id=task.room.app_id,
+                room_id=task.room.room_id, room_id_type=int(task.room.id_type), user_id=task.user_id,
+                state=task.state.value, spec=task.spec, spec_version=task.spec_version,
+                created_at=task.created_at, expires_at=task.expires_at,
             )
+        )
 
     async def get_task(self, task_id: str) -> TaskRecord | None:
         async with self.engine.connect() as conn:
@@ -158,6 +164,7 @@ class SqlTaskStore:
                     sa.select(t.c.id, t.c.worker_id).where(
                         t.c.state.in_(_ALIVE),
                         sa.or_(t.c.worker_id.is_(None), t.c.heartbeat_at < now - stale_after),
+                        sa.or_(t.c.stop_requested.is_not(None), t.c.id.not_in(self._not_due(now))),
                     ).limit(limit)
                 )
             ).all()
@@ -435,3 +442,144 @@ class SqlTaskStore:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(sa.select(t.c.kind, t.c.state, sa.func.count()).group_by(t.c.kind, t.c.state))).all()
         return {(str(r[0]), str(r[1])): int(r[2]) for r in rows}
+
+    # --- scheduled recordings, templates and rules (migration 5) --------------------------------------
+    @staticmethod
+    def _not_due(now: float) -> sa.Select[tuple[str]]:
+        """Scheduled tasks whose window has not begun: nobody claims them yet."""
+        s = tables.schedules
+        return sa.select(s.c.task_id).where(s.c.start_s > now + CLAIM_LEAD_SECONDS)
+
+    async def create_scheduled(self, task: TaskRecord, schedule: ScheduleRecord, *, max_alive: int,
+                               max_overlap: int) -> None:
+        """Insert the task and its window in one transaction. LimitReached (reason "concurrency") when
+        the service has `max_alive` alive tasks; (reason "overlap") when `max_overlap` tasks of the same
+        scope, neither stopped nor ending, already overlap the window."""
+        t, s = tables.tasks, tables.schedules
+        async with self.engine.begin() as conn:
+            alive = await conn.scalar(
+                sa.select(sa.func.count()).select_from(t.join(s, s.c.task_id == t.c.id))
+                .where(s.c.service == schedule.service, t.c.state.in_(_ALIVE)))
+            if (alive or 0) >= max_alive:
+                raise LimitReached("too many scheduled tasks", reason="concurrency")
+            overlapping = await conn.scalar(
+                sa.select(sa.func.count()).select_from(t.join(s, s.c.task_id == t.c.id)).where(
+                    s.c.service == schedule.service, s.c.scope == schedule.scope, t.c.state.in_(_ALIVE),
+                    t.c.stop_requested.is_(None), s.c.stopped_s == 0,
+                    s.c.start_s < schedule.end_s, s.c.end_s > schedule.start_s))
+            if (overlapping or 0) >= max_overlap:
+                raise LimitReached("too many overlapping tasks for this scope", reason="overlap")
+            await self._insert_task(conn, task)
+            await conn.execute(s.insert().values(
+                task_id=schedule.task_id, service=schedule.service, scope=schedule.scope, start_s=schedule.start_s,
+                end_s=schedule.end_s, template_id=schedule.template_id, stopped_s=0, hidden=schedule.hidden,
+                created_at=schedule.created_at))
+
+    async def get_schedule(self, task_id: str) -> ScheduleRecord | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(tables.schedules).where(tables.schedules.c.task_id == task_id))).first()
+        return None if row is None else _schedule_from_row(row)
+
+    async def list_schedules(self, service: str, *, start_from: int, end_to: int, created_after: float,
+                             after: tuple[int, str] | None = None, limit: int = 100) -> list[ScheduleRecord]:
+        """Visible schedules whose window lies inside [start_from, end_to], ordered by (start, task id),
+        from after the `after` position (paging)."""
+        s = tables.schedules
+        q = sa.select(s).where(s.c.service == service, s.c.hidden.is_(False), s.c.start_s >= start_from,
+                               s.c.end_s <= end_to, s.c.created_at >= created_after)
+        if after is not None:
+            q = q.where(sa.or_(s.c.start_s > after[0], sa.and_(s.c.start_s == after[0], s.c.task_id > after[1])))
+        q = q.order_by(s.c.start_s, s.c.task_id).limit(limit)
+        async with self.engine.connect() as conn:
+            return [_schedule_from_row(r) for r in (await conn.execute(q)).all()]
+
+    async def update_schedule(self, task_id: str, **values: Any) -> None:
+        """Set `stopped_s` (only the first time) and/or `hidden`."""
+        s = tables.schedules
+        async with self.engine.begin() as conn:
+            if "stopped_s" in values:
+                await conn.execute(s.update().where(s.c.task_id == task_id, s.c.stopped_s == 0)
+                                   .values(stopped_s=values.pop("stopped_s")))
+            if values:
+                await conn.execute(s.update().where(s.c.task_id == task_id).values(**values))
+
+    async def create_template(self, service: str, name: str, body: str, *, max_count: int) -> int:
+        r = tables.record_templates
+        now = time.time()
+        async with self.engine.begin() as conn:
+            count = await conn.scalar(sa.select(sa.func.count()).select_from(r).where(r.c.service == service))
+            if (count or 0) >= max_count:
+                raise LimitReached("too many templates", reason="templates")
+            res = await conn.execute(r.insert().values(service=service, name=name, body=body, created_at=now, updated_at=now))
+            key = res.inserted_primary_key
+            assert key is not None
+            return int(key[0])
+
+    async def get_template(self, service: str, template_id: int) -> TemplateRecord | None:
+        r = tables.record_templates
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(r).where(r.c.service == service, r.c.id == template_id))).first()
+        return None if row is None else _template_from_row(row)
+
+    async def list_templates(self, service: str) -> list[TemplateRecord]:
+        r = tables.record_templates
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(sa.select(r).where(r.c.service == service).order_by(r.c.id))).all()
+        return [_template_from_row(x) for x in rows]
+
+    async def update_template(self, service: str, template_id: int, name: str, body: str) -> None:
+        r = tables.record_templates
+        async with self.engine.begin() as conn:
+            res = await conn.execute(r.update().where(r.c.service == service, r.c.id == template_id)
+                                     .values(name=name, body=body, updated_at=time.time()))
+        if not res.rowcount:
+            raise NotFound("no such template", reason="template")
+
+    async def delete_template(self, service: str, template_id: int) -> None:
+        """NotFound if absent; Conflict (reason "in_use") while a rule uses it."""
+        r, rules = tables.record_templates, tables.record_rules
+        async with self.engine.begin() as conn:
+            used = await conn.scalar(sa.select(sa.func.count()).select_from(rules)
+                                     .where(rules.c.service == service, rules.c.template_id == template_id))
+            if used:
+                raise Conflict("the template is used by a rule", reason="in_use")
+            res = await conn.execute(r.delete().where(r.c.service == service, r.c.id == template_id))
+        if not res.rowcount:
+            raise NotFound("no such template", reason="template")
+
+    async def create_rule(self, service: str, scope: str, template_id: int) -> None:
+        """NotFound (reason "template") without the template; Conflict (reason "exists") for a taken scope."""
+        r, rules = tables.record_templates, tables.record_rules
+        now = time.time()
+        async with self.engine.begin() as conn:
+            if await conn.scalar(sa.select(r.c.id).where(r.c.service == service, r.c.id == template_id)) is None:
+                raise NotFound("no such template", reason="template")
+            if await conn.scalar(sa.select(rules.c.id).where(rules.c.service == service, rules.c.scope == scope)) is not None:
+                raise Conflict("a rule for this scope exists", reason="exists")
+            await conn.execute(rules.insert().values(service=service, scope=scope, template_id=template_id,
+                                                     created_at=now, updated_at=now))
+
+    async def list_rules(self, service: str) -> list[RuleRecord]:
+        rules = tables.record_rules
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(sa.select(rules).where(rules.c.service == service).order_by(rules.c.id))).all()
+        return [RuleRecord(id=x.id, service=x.service, scope=x.scope, template_id=int(x.template_id),
+                           created_at=x.created_at, updated_at=x.updated_at) for x in rows]
+
+    async def delete_rule(self, service: str, scope: str) -> None:
+        rules = tables.record_rules
+        async with self.engine.begin() as conn:
+            res = await conn.execute(rules.delete().where(rules.c.service == service, rules.c.scope == scope))
+        if not res.rowcount:
+            raise NotFound("no such rule", reason="rule")
+
+
+def _schedule_from_row(r: Any) -> ScheduleRecord:
+    return ScheduleRecord(task_id=r.task_id, service=r.service, scope=r.scope, start_s=int(r.start_s), end_s=int(r.end_s),
+                          template_id=int(r.template_id), stopped_s=int(r.stopped_s), hidden=bool(r.hidden),
+                          created_at=r.created_at)
+
+
+def _template_from_row(r: Any) -> TemplateRecord:
+    return TemplateRecord(id=int(r.id), service=r.service, name=r.name, body=r.body, created_at=r.created_at,
+                          updated_at=r.updated_at)

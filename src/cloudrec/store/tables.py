@@ -95,6 +95,47 @@ nonces = sa.Table(  # signed-request nonces already seen (migration 4): replays 
     sa.Column("expires_at", sa.Float, nullable=False, index=True),  # unix s; after it the timestamp check refuses a replay
 )
 
+# --- scheduled recordings, recording templates and rules (migration 5; CSS) ---------------------
+schedules = sa.Table(  # the time window and API state of a scheduled task (one row per such task)
+    "schedules",
+    metadata,
+    sa.Column("task_id", sa.String(128), primary_key=True),
+    sa.Column("service", sa.String(16), nullable=False),
+    sa.Column("scope", sa.String(768), nullable=False),  # what is recorded, in the dialect's terms
+    sa.Column("start_s", sa.BigInteger, nullable=False),
+    sa.Column("end_s", sa.BigInteger, nullable=False),
+    sa.Column("template_id", sa.BigInteger, nullable=False, default=0),
+    sa.Column("stopped_s", sa.BigInteger, nullable=False, default=0),
+    sa.Column("hidden", sa.Boolean, nullable=False, default=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+sa.Index("schedules_service_start", schedules.c.service, schedules.c.start_s)
+sa.Index("schedules_scope", schedules.c.service, schedules.c.scope)
+
+record_templates = sa.Table(
+    "record_templates",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("service", sa.String(16), nullable=False),
+    sa.Column("name", sa.String(256), nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sqlite_autoincrement=True,  # a deleted template's id is never handed out again
+)
+
+record_rules = sa.Table(
+    "record_rules",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("service", sa.String(16), nullable=False),
+    sa.Column("scope", sa.String(768), nullable=False),
+    sa.Column("template_id", sa.BigInteger, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("service", "scope", name="record_rules_scope"),
+)
+
 schema_version = sa.Table(
     "schema_version",
     metadata,

@@ -197,12 +197,15 @@ class RecordingSession(Session):
                     self.spec = from_plain(RecordingSpec, json.loads(changed.spec))
                     logger.info("recording spec applied", extra={**self.log, "spec_version": self.spec_version})
                     self._fetch_pictures()
+                reason = self._window_ended()
+                if reason is not None:
+                    break
                 snapshot = self.room.snapshot()
                 now = time.monotonic()
-                wanted = self._idle_streams(self._wanted(snapshot), now)
+                wanted = self._idle_streams(self._wanted(snapshot), now) if self._window_open() else {}
                 if wanted:
                     idle_since = now
-                elif now - idle_since >= self.spec.max_idle_seconds:
+                elif self.spec.idle_stop and now - idle_since >= self.spec.max_idle_seconds:
                     reason = StopReason.IDLE
                     break
                 if self.spec.mode is RecordMode.MIXED:
@@ -218,6 +221,17 @@ class RecordingSession(Session):
             logger.exception("recording session failed", extra=self.log)
             reason = StopReason.FAILED
         await self._finish(reason)
+
+    # --- scheduled window (not_before / not_after) ------------------------------------------------
+    def _window_open(self) -> bool:
+        """Nothing is recorded before `not_before` (a scheduled task may be claimed a little early)."""
+        return _now_ms() >= self.spec.not_before_ms
+
+    def _window_ended(self) -> StopReason | None:
+        """At `not_after` the task ends (CSS EndTime), whatever is being recorded."""
+        if self.spec.not_after_ms and _now_ms() >= self.spec.not_after_ms:
+            return StopReason.TIMEOUT
+        return None
 
     async def _update_state(self, publishing: bool) -> None:
         recording = publishing and (
@@ -529,9 +543,16 @@ class RecordingSession(Session):
             if key not in self.single:
                 self._start_single(key, tracks)
 
+    def _reusable_factory(self, key: tuple[str, str, str]) -> SinkFactory | None:
+        """The user stream's factory, so that its files continue; none when every publish starts new
+        files (`new_files_per_publish`, CSS: one file set per push session)."""
+        if self.spec.new_files_per_publish:
+            return None
+        return self.single_factories.get(key)
+
     def _start_single(self, key: tuple[str, str, str], tracks: dict[TrackKind, Track]) -> None:
         user, media, track_type = key
-        factory = self.single_factories.get(key)
+        factory = self._reusable_factory(key)
         if factory is None:
             # One factory per user stream for the whole task: when the user publishes again (or the
             # stream parameters change) files continue (`_2.mp4`, an HLS discontinuity), never overwrite.

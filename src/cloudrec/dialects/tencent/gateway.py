@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl
 
 from cloudrec.control.limits import RateLimiter
 from cloudrec.core.ids import new_request_id
-from cloudrec.dialects.tencent import trtc
+from cloudrec.dialects.tencent import css, trtc
 from cloudrec.dialects.tencent.errors import TencentError
 from cloudrec.dialects.tencent.fields import Obj
 from cloudrec.dialects.tencent.params import COMMON_PARAMS, unflatten
@@ -35,11 +35,22 @@ class Reply:
     content_type: str = "application/json"
 
 
+def _required_region(regions: frozenset[str]) -> Callable[[str, str], None]:
+    def check(_action: str, region: str) -> None:
+        if not region:
+            raise TencentError("MissingParameter", "missing parameter Region")
+        if region not in regions:
+            raise TencentError("UnsupportedRegion", f"region {region} is not supported")
+
+    return check
+
+
 class TencentGateway:
     def __init__(
         self,
         *,
         trtc_actions: trtc.TrtcActions,
+        css_actions: css.CssActions | None = None,
         lookup_secret: Callable[[str], str | None],
         rate_limiter: RateLimiter,
         app_rate: Callable[[int], float | None] = lambda _app: None,
@@ -47,8 +58,14 @@ class TencentGateway:
         max_body_bytes: int = 1 << 20,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.services = {trtc.VERSION: trtc_actions}
-        self.regions = {trtc.VERSION: trtc.REGIONS}
+        # Services by version; each checks the region its own way (TRTC: always one of its regions).
+        self.services: dict[str, trtc.TrtcActions | css.CssActions] = {trtc.VERSION: trtc_actions}
+        self.region_rules: dict[str, Callable[[str, str], None]] = {trtc.VERSION: _required_region(trtc.REGIONS)}
+        self.action_rates: dict[str, Mapping[str, float]] = {}  # documented per-action limits (no app to key on)
+        if css_actions is not None:
+            self.services[css.VERSION] = css_actions
+            self.region_rules[css.VERSION] = css.check_region
+            self.action_rates[css.VERSION] = css.RATES
         self.lookup_secret = lookup_secret
         self.rate_limiter = rate_limiter
         self.app_rate = app_rate
@@ -107,12 +124,9 @@ class TencentGateway:
             raise TencentError("NoSuchVersion", f"version {version} does not exist")
         if action not in service.actions:
             raise TencentError("InvalidAction", f"action {action} does not exist")
-        if not region:
-            raise TencentError("MissingParameter", "missing parameter Region")
-        if region not in self.regions[version]:
-            raise TencentError("UnsupportedRegion", f"region {region} is not supported")
+        self.region_rules[version](action, region)
         app_key = str(params.get("SdkAppId", ""))
-        rate = self.app_rate(int(app_key)) if is_decimal(app_key) else None
+        rate = self.app_rate(int(app_key)) if is_decimal(app_key) else self.action_rates.get(version, {}).get(action)
         if not self.rate_limiter.allow((app_key or who.secret_id, action), rate):
             raise TencentError("RequestLimitExceeded", "request rate limit exceeded")
         return action, await service.call(action, Obj(params))
