@@ -19,7 +19,7 @@ from cloudrec.dialects.tencent.gateway import TencentGateway
 logger = logging.getLogger(__name__)
 
 VOD_TYPES = {"m3u8": "application/vnd.apple.mpegurl", "ts": "video/mp2t", "mp4": "video/mp4", "aac": "audio/aac",
-             "mp3": "audio/mpeg", "m4s": "video/iso.segment"}
+             "mp3": "audio/mpeg", "m4s": "video/iso.segment", "flv": "video/x-flv"}
 
 
 def vod_file(root: Path, path: str) -> Path | None:

@@ -254,8 +254,9 @@ class Uploader:
         self._dirty.add(task_id)
         return task
 
-    async def _file(self, task: _Task, name: str) -> FileRecord | None:
-        if name not in task.files:
+    async def _file(self, task: _Task, name: str, *, fresh: bool = False) -> FileRecord | None:
+        """The file's record; `fresh`: re-read (a playlist's record gains its end when it is final)."""
+        if fresh or name not in task.files:
             task.files = {f.name: f for f in await self.queue.list_files(task.id)}
         return task.files.get(name)
 
@@ -353,7 +354,7 @@ class Uploader:
                         name="", kind="segment", user_id=playlist.user_id, track_type=playlist.track_type,
                         media=playlist.media, begin_ms=playlist.begin_ms), now)
         if pub.complete:
-            playlist = await self._file(task, row.name)
+            playlist = await self._file(task, row.name, fresh=True)
             if playlist is not None:  # the file set ended and its playlist lists everything
                 events += task.tracker.file_stored(_stored(playlist, len(pub.text.encode())), now,
                                                    key=task.dest.key(row.name))
