@@ -8,8 +8,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,27 @@ secret = "{SECRET_KEY}"
 """
     )
     return cfg
+
+
+@asynccontextmanager
+async def in_process_service(raw: dict[str, Any], root: Path) -> AsyncIterator[Any]:
+    """The whole service running on this test's event loop (for tests that look inside it), from a
+    settings dict; stopped and finalized on exit."""
+    from cloudrec.service import Service
+    from cloudrec.settings import parse_settings
+
+    svc = Service(parse_settings(raw, root))
+    stop = asyncio.Event()
+    running = asyncio.create_task(svc.run(stop))
+    async with asyncio.timeout(30):
+        while not svc.ready:
+            assert not running.done(), running.exception()
+            await asyncio.sleep(0.05)
+    try:
+        yield svc
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 60)
 
 
 @contextmanager

@@ -22,9 +22,8 @@ from cloudrec.core.tasks import FileRecord
 from cloudrec.dialects.tencent.css_rooms import stream_room
 from cloudrec.rooms.ingest import IngestPublisher
 from cloudrec.service import Service
-from cloudrec.settings import parse_settings
 from cloudrec.tools.samples import SampleSpec, write_sample
-from tests.support import SECRET_ID, SECRET_KEY, free_port, probe
+from tests.support import in_process_service, SECRET_ID, SECRET_KEY, free_port, probe
 from tests.test_css_api import DOMAIN, lcall, live
 
 pytestmark = pytest.mark.slow
@@ -44,18 +43,8 @@ async def service(tmp_path: Path) -> AsyncIterator[Service]:
         "media": {"hls_segment_seconds": 1},
         "credentials": [{"id": SECRET_ID, "secret": SECRET_KEY}],
     }
-    svc = Service(parse_settings(raw, tmp_path))
-    stop = asyncio.Event()
-    running = asyncio.create_task(svc.run(stop))
-    async with asyncio.timeout(30):
-        while not svc.ready:
-            assert not running.done(), running.exception()
-            await asyncio.sleep(0.05)
-    try:
+    async with in_process_service(raw, tmp_path) as svc:
         yield svc
-    finally:
-        stop.set()
-        await asyncio.wait_for(running, 60)
 
 
 class Pusher:

@@ -15,10 +15,9 @@ import httpx
 import pytest
 
 from cloudrec.service import Service
-from cloudrec.settings import parse_settings
 from cloudrec.tools.samples import SampleSpec, write_sample
 from tests.callback_receiver import Receiver
-from tests.support import SECRET_ID, SECRET_KEY, free_port, probe
+from tests.support import in_process_service, SECRET_ID, SECRET_KEY, free_port, probe
 from tests.test_css_api import lcall, live
 from tests.test_css_push import push_query
 from tests.test_css_push_e2e import FFMPEG, exit_code, publisher
@@ -53,18 +52,8 @@ async def service(tmp_path: Path, receiver: Receiver) -> AsyncIterator[Service]:
         "css": {"appid": CSS_APPID,
                 "domains": [{"name": DOMAIN, "push_key": PUSH_KEY, "callback_url": receiver.url, "callback_key": CB_KEY}]},
     }
-    svc = Service(parse_settings(raw, tmp_path))
-    stop = asyncio.Event()
-    running = asyncio.create_task(svc.run(stop))
-    async with asyncio.timeout(30):
-        while not svc.ready:
-            assert not running.done(), running.exception()
-            await asyncio.sleep(0.05)
-    try:
+    async with in_process_service(raw, tmp_path) as svc:
         yield svc
-    finally:
-        stop.set()
-        await asyncio.wait_for(running, 60)
 
 
 async def api(svc: Service, action: str, params: dict[str, Any]) -> Any:

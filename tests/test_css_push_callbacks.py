@@ -18,9 +18,8 @@ from cloudrec.core.tasks import TaskRecord
 from cloudrec.dialects.tencent.css_callbacks import DIALECT, CssCallbacks, sign
 from cloudrec.dialects.tencent.css_rooms import stream_room
 from cloudrec.service import Service
-from cloudrec.settings import parse_settings
 from tests.callback_receiver import Receiver
-from tests.support import free_port
+from tests.support import in_process_service, free_port
 
 ROOM = stream_room("5000.live.push.com", "live", "livetest")
 SENT_MS = 1_700_000_000_250
@@ -113,18 +112,8 @@ async def service(tmp_path: Path, receiver: Receiver) -> AsyncIterator[Service]:
             {"name": "5000.live.push.com", "callback_url": receiver.url, "callback_key": "cbkey"},
             {"name": "quiet.example.com"}]},  # no callback_url: its events are skipped
     }
-    svc = Service(parse_settings(raw, tmp_path))
-    stop = asyncio.Event()
-    running = asyncio.create_task(svc.run(stop))
-    async with asyncio.timeout(30):
-        while not svc.ready:
-            assert not running.done(), running.exception()
-            await asyncio.sleep(0.05)
-    try:
+    async with in_process_service(raw, tmp_path) as svc:
         yield svc
-    finally:
-        stop.set()
-        await asyncio.wait_for(running, 60)
 
 
 async def test_service_delivers_to_the_domains_callback_url(service: Service, receiver: Receiver) -> None:

@@ -22,9 +22,8 @@ from cloudrec.dialects.tencent.css_rooms import stream_room
 from cloudrec.rooms.registry import Participant
 from cloudrec.rooms.whip import ice_host_addresses
 from cloudrec.service import Service
-from cloudrec.settings import parse_settings
 from cloudrec.tools.samples import PALETTE, SampleSpec, write_sample
-from tests.support import APP_ID, APP_KEY, free_port, usersig
+from tests.support import in_process_service, APP_ID, APP_KEY, free_port, usersig
 
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 DOMAIN = "push.example.com"
@@ -47,18 +46,8 @@ async def service(tmp_path: Path) -> AsyncIterator[Service]:
         "css": {"domains": [{"name": DOMAIN, "push_key": KEY, "backup_push_key": BACKUP},
                             {"name": OPEN_DOMAIN, "default": True}]},
     }
-    svc = Service(parse_settings(raw, tmp_path))
-    stop = asyncio.Event()
-    running = asyncio.create_task(svc.run(stop))
-    async with asyncio.timeout(30):
-        while not svc.ready:
-            assert not running.done(), running.exception()
-            await asyncio.sleep(0.05)
-    try:
+    async with in_process_service(raw, tmp_path) as svc:
         yield svc
-    finally:
-        stop.set()
-        await asyncio.wait_for(running, 60)
 
 
 async def push(svc: Service, path: str, clip: Path, *, tc_host: str | None = DOMAIN) -> asyncio.subprocess.Process:

@@ -110,6 +110,7 @@ def test_recording_counters(tmp_path: Path) -> None:
         m = wait_for(lambda: (m := scrape(server)) and value(m, "cloudrec_tasks", kind="recording", state="in_progress") == 1
                      and m, 15, what="in-progress task")
         assert value(m, "cloudrec_tasks", kind="ingest", state="in_progress") == 1
+        assert 0 <= value(m, "cloudrec_pipeline_lag_seconds") < 1.0  # the mix keeps up with real time
         time.sleep(3)
         call(c, "DeleteCloudRecording", {"SdkAppId": APP_ID, "TaskId": task})
         call(c, "StopStreamIngest", {"SdkAppId": APP_ID, "TaskId": ingests[0]})

@@ -68,6 +68,8 @@ class Service:
         self.metrics.declare("cloudrec_files_written_total", "counter", "finished segments and files",
                              {"kind": "segment"}, {"kind": "file"})
         self.metrics.declare("cloudrec_dropped_units_total", "counter", "media units recording pipelines dropped")
+        self.metrics.declare("cloudrec_pipeline_lag_seconds", "gauge",
+                             "the furthest a mix of this process is behind real time, beyond its latency window")
         self.images = ImageFetcher(settings.data_dir / "image-cache",
                                    ImageLimits(allow_private=settings.allow_private_image_urls,
                                                trusted_networks=settings.trusted_image_networks))

@@ -148,6 +148,13 @@ class MixedPipeline:
 
     # -- control (any thread) -------------------------------------------------------------
 
+    def lag_seconds(self) -> float:
+        """How far the output is behind real time beyond the latency window (0 while it keeps up)."""
+        done = self._video_done if self._has_video else self._audio_done
+        if done == -math.inf or self._first_output_at is None and self._samples_out == 0:
+            return 0.0
+        return max(0.0, self._clock() - self._t0 - self._latency - done)
+
     def update(
         self,
         *,

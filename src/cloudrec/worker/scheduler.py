@@ -51,6 +51,9 @@ class Worker:
                     last_beat = time.monotonic()
             except Exception:
                 logger.exception("worker loop error", extra={"worker_id": self.worker_id})
+            if self.config.metrics is not None:
+                lag = max((s.lag_seconds() for s, _ in self.sessions.values()), default=0.0)
+                self.config.metrics.set("cloudrec_pipeline_lag_seconds", round(lag, 3))
             try:
                 await asyncio.wait_for(self._wake.wait(), self.config.poll_seconds)
             except asyncio.TimeoutError:

@@ -101,6 +101,10 @@ class Session:
         self.kick = asyncio.Event()  # set to re-check the store at once
         self.log = {"task_id": task.id}
 
+    def lag_seconds(self) -> float:
+        """How far this task's output is behind real time (mixing is the part that can fall behind)."""
+        return 0.0
+
     def request_stop(self, reason: StopReason) -> None:
         self.local_stop = reason
         self.kick.set()
@@ -179,6 +183,9 @@ class RecordingSession(Session):
         self.picture_fetches: dict[str, asyncio.Task[None]] = {}
         self.stream_seen: dict[tuple[str, TrackKind], float] = {}  # idle_per_stream: last seen (monotonic)
         self.streams_done: set[tuple[str, TrackKind]] = set()
+
+    def lag_seconds(self) -> float:
+        return self.mix.pipeline.lag_seconds() if self.mix is not None else 0.0
 
     # --- main loop --------------------------------------------------------------------------
     async def run(self) -> None:
