@@ -310,7 +310,10 @@ def test_stranded_files_are_stored_when_storage_returns(s3: Seaweed, receiver: R
         wait_for(lambda: receiver.types(task).count(305) == 2, 30, what="the recovery")
         finished = [g.json["EventInfo"]["Payload"]["Status"] for g in receiver.delivered(task) if g.event_type == 305]
         assert finished == [1, 2]
-        assert receiver.types(task).count(308) == 1  # the retries of stranded files add no new 308
+        # One 308 per cause (a server going away may fail a request in more than one way), never repeated:
+        # not by later failures of the same cause, not by the retries of stranded files.
+        codes = [g.json["EventInfo"]["Payload"]["Code"] for g in receiver.delivered(task) if g.event_type == 308]
+        assert codes and len(codes) == len(set(codes)), codes
         base = f"{APP}_{room}"
         mp4 = tmp_path / "stranded.mp4"
         mp4.write_bytes(s3.get(BUCKET, f"stranded/{task}/{base}_1.mp4"))

@@ -25,7 +25,7 @@ import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from cloudrec.core.events import Event, EventKind, StoredFile, UploadTracker
 from cloudrec.core.metrics import Metrics
@@ -46,6 +46,7 @@ class UploadQueue(Protocol):
     async def get_task(self, task_id: str) -> TaskRecord | None: ...
     async def list_files(self, task_id: str) -> list[FileRecord]: ...
     async def event_kinds(self, task_id: str) -> set[EventKind]: ...
+    async def event_payloads(self, task_id: str, kind: EventKind) -> list[dict[str, Any]]: ...
     async def add_events(self, task_id: str, events: Sequence[Event]) -> None: ...
     async def pending_uploads(self, node: str, *, limit: int = 1000) -> list[UploadRecord]: ...
     async def task_uploads(self, task_id: str) -> list[UploadRecord]: ...
@@ -250,6 +251,8 @@ class Uploader:
         published = {u.name for u in uploads if u.kind == "playlist" and (u.published_ms or u.state == "done")}
         seen = [_stored(f) for f in files.values() if f.name in published or (f.kind == "segment" and f.name in task.stored)]
         tracker.seen(await self.queue.event_kinds(task_id), seen)
+        # One 308 per task and cause, also across this cache's rebuilds and restarts.
+        task.announced = {str(p.get("code", "")) for p in await self.queue.event_payloads(task_id, EventKind.UPLOAD_FAILED)}
         self._tasks[task_id] = task
         self._dirty.add(task_id)
         return task

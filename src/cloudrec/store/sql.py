@@ -349,6 +349,13 @@ class SqlTaskStore:
             rows = (await conn.execute(sa.select(e.c.type).where(e.c.task_id == task_id).distinct())).all()
         return {EventKind(r.type) for r in rows if r.type in _KINDS}
 
+    async def event_payloads(self, task_id: str, kind: EventKind) -> list[dict[str, Any]]:
+        e = tables.events
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(sa.select(e.c.payload).where(e.c.task_id == task_id, e.c.type == kind.value)
+                                       .order_by(e.c.id))).all()
+        return [json.loads(r.payload) for r in rows]
+
     async def due_events(self, now_ms: int, *, limit: int) -> list[OutboxEvent]:
         e, t = tables.events, tables.tasks
         # One head per task: a later event of a task waits until the earlier one leaves `pending`.
