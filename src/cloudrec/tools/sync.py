@@ -33,14 +33,13 @@ import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from fractions import Fraction
 from pathlib import Path
 
 import av
-import av.audio.stream
-import av.video.stream
 import numpy as np
 import numpy.typing as npt
+
+from cloudrec.tools.samples import write_media
 
 DARK_Y, BRIGHT_Y = 16, 235
 BEEP_HZ = 1000.0
@@ -101,51 +100,17 @@ class SyncSourceSpec:
 
 def write_sync_source(spec: SyncSourceSpec) -> Path:
     """Write MP4 / FLV / TS (by extension) with H.264 + AAC, interleaved in time order."""
-    spec.path.parent.mkdir(parents=True, exist_ok=True)
-    options = {"movflags": "faststart"} if spec.path.suffix == ".mp4" else {}
-    rate, fps = spec.sample_rate, spec.fps
-    with av.open(str(spec.path), "w", options=options) as out:
-        vs = out.add_stream("libx264", rate=fps)
-        vs.width, vs.height, vs.pix_fmt = spec.width, spec.height, "yuv420p"
-        vs.codec_context.gop_size = max(1, round(spec.gop_seconds * fps))
-        vs.codec_context.options = {"preset": "veryfast", "bf": "0", "sc_threshold": "0"}
-        vs.bit_rate = 500_000
-        as_ = out.add_stream("aac", rate=rate)
-        as_.codec_context.layout = "mono"
-        as_.bit_rate = 96_000
-        frames = {b: sync_frame(spec.width, spec.height, b) for b in (False, True)}
-        n_frames = round(spec.seconds * fps)
-        total = round(spec.seconds * rate)
-        chunk = 1024
-        audio_pos = 0
-        for i in range(n_frames):
-            frame = frames[flash_at(i / fps, fps, spec.flash_frames)]
-            frame.pts = i
-            frame.time_base = Fraction(1, fps)
-            for p in vs.encode(frame):
-                out.mux(p)
-            while audio_pos < min(total, (i + 1) * rate // fps):
-                audio_pos = _encode_audio(out, as_, spec, audio_pos, chunk)
-        for p in vs.encode(None):
-            out.mux(p)
-        while audio_pos < total:
-            audio_pos = _encode_audio(out, as_, spec, audio_pos, chunk)
-        for p in as_.encode(None):
-            out.mux(p)
-    return spec.path
-
-
-def _encode_audio(out: av.container.OutputContainer, stream: av.audio.stream.AudioStream, spec: SyncSourceSpec,
-                  pos: int, chunk: int) -> int:
-    chunk = min(chunk, round(spec.seconds * spec.sample_rate) - pos)
-    data = beep_samples(pos, chunk, spec.sample_rate, beep_ms=spec.beep_ms, phase=spec.audio_shift_ms / 1000)
-    frame = av.AudioFrame.from_ndarray(data.reshape(1, -1), format="fltp", layout="mono")
-    frame.sample_rate = spec.sample_rate
-    frame.pts = pos
-    frame.time_base = Fraction(1, spec.sample_rate)
-    for p in stream.encode(frame):
-        out.mux(p)
-    return pos + chunk
+    fps = spec.fps
+    frames = {b: sync_frame(spec.width, spec.height, b) for b in (False, True)}
+    return write_media(
+        spec.path, width=spec.width, height=spec.height, fps=fps, n_frames=round(spec.seconds * fps),
+        frame=lambda i: frames[flash_at(i / fps, fps, spec.flash_frames)],
+        sample_rate=spec.sample_rate, n_samples=round(spec.seconds * spec.sample_rate),
+        samples=lambda pos, n: beep_samples(pos, n, spec.sample_rate, beep_ms=spec.beep_ms,
+                                            phase=spec.audio_shift_ms / 1000),
+        gop=max(1, round(spec.gop_seconds * fps)), video_options={"preset": "veryfast", "bf": "0", "sc_threshold": "0"},
+        video_bit_rate=500_000, audio_bit_rate=96_000,
+    )
 
 
 # --------------------------------------------------------------------------------------------
