@@ -216,6 +216,10 @@ def test_tasks_listed_paged_filtered_stopped_deleted(server: Server) -> None:
     assert [t.TaskId for t in describe_all(c, base, base + 86400, StreamName="page3")[0]] == created[3::8]
     assert describe_all(c, base, base + 86400, AppName="other")[0] == []
     assert describe_all(c, base, base + 86400, DomainName="other.example.com")[0] == []
+    # A filter matching more than a page pages like the unfiltered list (the filter is applied before paging).
+    filtered, filtered_pages = describe_all(c, base, base + 86400, AppName="live", DomainName=DOMAIN.upper())
+    assert [t.TaskId for t in filtered] == created and filtered_pages == 2  # domain names ignore case …
+    assert describe_all(c, base, base + 86400, StreamName="PAGE3")[0] == []  # … stream names do not
     # both start and end must lie in the window
     assert [t.TaskId for t in describe_all(c, base, base + 60 + 29)[0]] == created[:1]
 

@@ -70,10 +70,11 @@ class ScheduleControl:
             raise NotFound("no such task", reason="task")
         return schedule
 
-    async def listed(self, *, start_from: int, end_to: int, after: tuple[int, str] | None,
-                   limit: int) -> list[ScheduleRecord]:
+    async def listed(self, *, start_from: int, end_to: int, scope: tuple[str | None, ...] = (),
+                     after: tuple[int, str] | None, limit: int) -> list[ScheduleRecord]:
+        """`scope`: the "/"-separated parts a task's scope must have (None: any)."""
         created_after = self.clock() - self.limits.retention_days * 86400
-        return await self.store.list_schedules(self.service, start_from=start_from, end_to=end_to,
+        return await self.store.list_schedules(self.service, start_from=start_from, end_to=end_to, scope=scope,
                                                created_after=created_after, after=after, limit=limit)
 
     async def stop(self, task_id: str) -> None:

@@ -488,12 +488,16 @@ class SqlTaskStore:
         return None if row is None else _schedule_from_row(row)
 
     async def list_schedules(self, service: str, *, start_from: int, end_to: int, created_after: float,
-                             after: tuple[int, str] | None = None, limit: int = 100) -> list[ScheduleRecord]:
+                             scope: tuple[str | None, ...] = (), after: tuple[int, str] | None = None,
+                             limit: int = 100) -> list[ScheduleRecord]:
         """Visible schedules whose window lies inside [start_from, end_to], ordered by (start, task id),
-        from after the `after` position (paging)."""
+        from after the `after` position (paging); `scope` filters the "/"-separated parts of the scope
+        (None = any part)."""
         s = tables.schedules
         q = sa.select(s).where(s.c.service == service, s.c.hidden.is_(False), s.c.start_s >= start_from,
                                s.c.end_s <= end_to, s.c.created_at >= created_after)
+        if any(part is not None for part in scope):
+            q = q.where(_parts_match(s.c.scope, scope, sqlite=self.engine.dialect.name == "sqlite"))
         if after is not None:
             q = q.where(sa.or_(s.c.start_s > after[0], sa.and_(s.c.start_s == after[0], s.c.task_id > after[1])))
         q = q.order_by(s.c.start_s, s.c.task_id).limit(limit)
@@ -590,3 +594,16 @@ def _schedule_from_row(r: Any) -> ScheduleRecord:
 def _template_from_row(r: Any) -> TemplateRecord:
     return TemplateRecord(id=int(r.id), service=r.service, name=r.name, body=r.body, created_at=r.created_at,
                           updated_at=r.updated_at)
+
+
+def _parts_match(column: sa.ColumnElement[str], parts: tuple[str | None, ...], *, sqlite: bool) -> sa.ColumnElement[bool]:
+    """`column` ("a/b/c") has these "/"-separated parts (None: any), compared case-sensitively:
+    SQLite's LIKE ignores case, its GLOB does not (PostgreSQL's LIKE does not either)."""
+    if sqlite:
+        def glob(part: str | None) -> str:
+            return "*" if part is None else "".join(f"[{c}]" if c in "*?[" else c for c in part)
+        return column.op("GLOB")("/".join(glob(part) for part in parts))
+
+    def like(part: str | None) -> str:
+        return "%" if part is None else part.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return column.like("/".join(like(part) for part in parts), escape="\\")

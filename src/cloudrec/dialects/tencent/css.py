@@ -19,7 +19,7 @@ from typing import Any
 from cloudrec.control.schedules import ScheduleControl
 from cloudrec.core.schedules import ScheduleRecord, TemplateRecord
 from cloudrec.dialects.tencent import css_templates
-from cloudrec.dialects.tencent.css_rooms import stream_of, stream_room
+from cloudrec.dialects.tencent.css_rooms import domain_key, stream_of, stream_room
 from cloudrec.dialects.tencent.css_spec import recording_spec
 from cloudrec.dialects.tencent.errors import TencentError
 from cloudrec.dialects.tencent.fields import Obj
@@ -156,20 +156,12 @@ class CssActions:
             raise TencentError("InvalidParameter", "EndTime must be later than StartTime")
         if end - start > DESCRIBE_SPAN_S:
             raise TencentError("InvalidParameter", "EndTime - StartTime must not exceed one week")
-        want = {k: p.string(k, max_len=256) or "" for k in ("DomainName", "AppName", "StreamName")}
+        domain, app_name, stream = (p.string(k, max_len=256) or "" for k in ("DomainName", "AppName", "StreamName"))
+        scope = (domain_key(domain) if domain else None, app_name or None, stream or None)
         after = _read_token(p.string("ScrollToken", max_len=1024) or "")
-        found: list[ScheduleRecord] = []
-        more = True
-        while more and len(found) < PAGE_SIZE:
-            batch = await self.control.listed(start_from=start, end_to=end, after=after, limit=PAGE_SIZE)
-            more = len(batch) == PAGE_SIZE
-            for s in batch:
-                after = (s.start_s, s.task_id)
-                if _matches(s, want):
-                    found.append(s)
-                    if len(found) == PAGE_SIZE:
-                        break
-        token = _token(after) if more and after is not None else ""
+        page = await self.control.listed(start_from=start, end_to=end, scope=scope, after=after, limit=PAGE_SIZE + 1)
+        found = page[:PAGE_SIZE]
+        token = _token((found[-1].start_s, found[-1].task_id)) if len(page) > PAGE_SIZE else ""
         return {"ScrollToken": token, "TaskList": [_task(s) for s in found]}
 
     # --- templates (§3) ---------------------------------------------------------------------------
@@ -222,7 +214,7 @@ class CssActions:
         domain = p.req_str("DomainName", max_len=253)
         if not _DOMAIN.match(domain):
             raise TencentError("InvalidParameter.DomainFormatError", "DomainName is not a domain name")
-        parts = [domain]
+        parts = [domain_key(domain)]
         for name in ("AppName", "StreamName"):
             value = p.string(name, max_len=256) or ""
             if value and not _NAME.match(value):
@@ -269,7 +261,7 @@ def _domain(p: Obj, field: str) -> str:
     value = p.req_str(field, max_len=253)
     if not _DOMAIN.match(value):
         raise TencentError("InvalidParameter", f"{field} is not a domain name")
-    return value
+    return domain_key(value)  # pushes name their domain in any case
 
 
 def _body(t: TemplateRecord) -> dict[str, Any]:
@@ -286,12 +278,6 @@ def _task(s: ScheduleRecord) -> dict[str, Any]:
 def stream_of_scope(scope: str) -> tuple[str, str, str]:
     """A task's scope is its room id, "domain/app/stream"."""
     return stream_of(stream_room(*scope.split("/", 2)))
-
-
-def _matches(s: ScheduleRecord, want: dict[str, str]) -> bool:
-    domain, app_name, stream = stream_of_scope(s.scope)
-    have = {"DomainName": domain, "AppName": app_name, "StreamName": stream}
-    return all(not v or have[k] == v for k, v in want.items())
 
 
 def _token(position: tuple[int, str]) -> str:

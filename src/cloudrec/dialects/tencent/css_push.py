@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cloudrec.core.rooms import RoomKey
-from cloudrec.dialects.tencent.css_rooms import stream_room
+from cloudrec.dialects.tencent.css_rooms import domain_key, stream_room
 
 MAX_NAME = 256  # AppName / StreamName length we accept (Tencent documents none; this bounds file names)
 MAX_TX_TIME_DIGITS = 16  # a 64-bit expiry
@@ -95,7 +95,7 @@ class CssPushAuth:
 
     def domain_for(self, host: str) -> PushDomain | None:
         """The domain a client reached through `host` (the tcUrl host; port and case do not matter)."""
-        return self.domains.get(host.strip().rstrip(".").lower()) or self.default
+        return self.domains.get(domain_key(host)) or self.default
 
     def admit(self, *, host: str, app_name: str, stream_name: str, query: Mapping[str, str]) -> CssPush:
         """Check a push of `<AppName>/<StreamName>?<query>` that reached `host`; raises PushRefused."""

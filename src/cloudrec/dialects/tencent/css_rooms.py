@@ -8,6 +8,11 @@ from cloudrec.core.rooms import RoomIdType, RoomKey
 CSS_APP_ID = 0
 
 
+def domain_key(name: str) -> str:
+    """A domain name as rooms, tasks, rules and `[[css.domains]]` compare it (DNS names ignore case)."""
+    return name.strip().rstrip(".").lower()
+
+
 def stream_room(domain: str, app_name: str, stream_name: str) -> RoomKey:
     return RoomKey(CSS_APP_ID, f"{domain}/{app_name}/{stream_name}", RoomIdType.STRING)
 
