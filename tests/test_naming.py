@@ -8,7 +8,7 @@ import av
 import pytest
 
 from cloudrec.core.media import FileEvent
-from cloudrec.core.naming import A8Names, PatternNames, check_template, safe_name
+from cloudrec.core.naming import A8Names, PatternNames, TakenNames, safe_name
 from cloudrec.core.spec import Container, NameScheme
 from cloudrec.output.factory import make_sinks
 from cloudrec.output.target import SinkTarget
@@ -48,12 +48,16 @@ def test_unsafe_names_are_refused(bad: str) -> None:
         safe_name(bad)
 
 
-def test_templates_are_checked() -> None:
-    check_template("{app}_{start:%Y}_{seq}")
-    with pytest.raises(ValueError):
-        check_template("{nope}")
-    with pytest.raises(ValueError):
-        check_template("{seq:%Y}")
+def test_a_name_is_never_handed_out_twice_in_a_task() -> None:
+    """A pattern without a time or index (CSS `{StreamID}`) names split files and later pushes alike:
+    the task's namers share what was taken, across file sets and after a takeover."""
+    scheme = NameScheme(formats=frozenset({Container.MP4, Container.HLS}), file="{room}")
+    taken = TakenNames(["room1.mp4"])  # written by an earlier run of the task
+    first, second = (PatternNames((scheme,), FIELDS, A8Names("fallback", None), taken) for _ in range(2))
+    assert first.file("video", 1, START_MS, "mp4") == "room1_2.mp4"
+    assert first.file("video", 2, START_MS, "mp4") == "room1_3.mp4"
+    assert second.file("video", 1, START_MS, "mp4") == "room1_4.mp4"
+    assert [first.playlist("video", START_MS), second.playlist("video", START_MS)] == ["room1.m3u8", "room1_2.m3u8"]
 
 
 def test_playlists_list_segments_relative_to_their_directory() -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Protocol
 
@@ -60,7 +61,6 @@ def file_name(base: str, track_type: str | None, index: int, ext: str) -> str:
 NAME_FIELDS = ("app", "room", "user", "media", "track", "label", "task", "random", "seq", "index", "start", "end",
                "start_ms", "end_ms")
 _FIELD = re.compile(r"\{(\w+)(?::([^{}]*))?\}")
-_EXTENSIONS = {"mp4": Container.MP4, "aac": Container.AAC, "mp3": Container.MP3, "flv": Container.FLV}
 
 
 class FileNamer(Protocol):
@@ -101,22 +101,32 @@ class A8Names:
         return False
 
 
-def check_template(template: str) -> None:
-    """ValueError unless `template` only uses known fields (dialects check user patterns with it)."""
-    for m in _FIELD.finditer(template):
-        if m.group(1) not in NAME_FIELDS:
-            raise ValueError(f"unknown name field {{{m.group(1)}}}")
-    for m in _FIELD.finditer(template):
-        if m.group(2) is not None and m.group(1) not in ("start", "end"):
-            raise ValueError(f"{{{m.group(1)}}} takes no format")
-
-
 def safe_name(name: str) -> str:
     """`name` if it is a relative path without `..` or empty parts; ValueError otherwise."""
     parts = name.split("/")
     if not name or any(p in ("", ".", "..") or p.startswith(".") or "\\" in p or "\0" in p for p in parts):
         raise ValueError(f"unsafe file name {name!r}")
     return name
+
+
+class TakenNames:
+    """The names a task has used; pipelines of one task claim names from several threads."""
+
+    def __init__(self, names: Iterable[str] = ()) -> None:
+        self._names = set(names)
+        self._lock = threading.Lock()
+
+    def claim(self, name: str) -> str:
+        """`name`, or `<stem>_2.<ext>`, `_3`, … when it was used before (a pattern without a time or
+        index names a split file or the next push alike): a name is never handed out twice in a task."""
+        stem, dot, ext = name.rpartition(".")
+        with self._lock:
+            n = 1
+            while name in self._names:
+                n += 1
+                name = f"{stem}_{n}{dot}{ext}"
+            self._names.add(name)
+        return name
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +136,10 @@ class PatternNames:
     schemes: tuple[NameScheme, ...]
     fields: Mapping[str, str]  # app, room, user, media, task, random
     fallback: FileNamer
+    taken: TakenNames = field(default_factory=lambda: TakenNames())  # the task's names (shared by its namers)
+
+    def _unique(self, name: str) -> str:
+        return self.taken.claim(name)
 
     def _scheme(self, container: Container) -> NameScheme | None:
         return next((s for s in self.schemes if container in s.formats), None)
@@ -159,7 +173,7 @@ class PatternNames:
         scheme = self._scheme(Container.HLS)
         if scheme is None:
             return self.fallback.playlist(track, start_ms)
-        return self._expand(scheme, scheme.file, track, {"start_ms_raw": start_ms, "seq": 0, "index": 1}) + ".m3u8"
+        return self._unique(self._expand(scheme, scheme.file, track, {"start_ms_raw": start_ms, "seq": 0, "index": 1}) + ".m3u8")
 
     def segment(self, track: str, start_ms: int, seq: int, playlist: str) -> str:
         scheme = self._scheme(Container.HLS)
@@ -168,15 +182,16 @@ class PatternNames:
         template = scheme.segment or scheme.file + "_{seq}"
         name = self._expand(scheme, template, track, {"start_ms_raw": start_ms, "seq": seq, "index": 1})
         directory = playlist.rpartition("/")[0]
-        return (directory + "/" if directory else "") + name.rsplit("/", 1)[-1] + ".ts"
+        return self._unique((directory + "/" if directory else "") + name.rsplit("/", 1)[-1] + ".ts")
 
     def file(self, track: str, index: int, start_ms: int, ext: str, end_ms: int | None = None) -> str:
-        scheme = self._scheme(_EXTENSIONS[ext])
+        scheme = self._scheme(Container(ext))
         if scheme is None:
             return self.fallback.file(track, index, start_ms, ext, end_ms)
         values: dict[str, str | int | None] = {"start_ms_raw": start_ms, "end_ms_raw": end_ms, "index": index, "seq": 0}
-        return self._expand(scheme, scheme.file, track, values) + "." + ext
+        name = self._expand(scheme, scheme.file, track, values) + "." + ext
+        return name if end_ms is None and self.renames(ext) else self._unique(name)  # provisional names come and go
 
     def renames(self, ext: str) -> bool:
-        scheme = self._scheme(_EXTENSIONS[ext])
+        scheme = self._scheme(Container(ext))
         return scheme is not None and any(m.group(1) in ("end", "end_ms") for m in _FIELD.finditer(scheme.file))

@@ -166,6 +166,7 @@ class RecordingSession(Session):
         self.node = config.uploader.config.node
         self.directory = self.uploader.destination(self.spec.storage, task.id).spool
         self.name_prefix = ""  # "ha<N>_" after the N-th takeover (A.8 failover names), so nothing is overwritten
+        self.taken_names = naming.TakenNames()  # pattern names never repeat in a task (also across takeovers)
         self.events: asyncio.Queue[FileEvent] = asyncio.Queue()
         self.loop = asyncio.get_running_loop()
         self.single: dict[tuple[str, str, str], _SingleGroup] = {}
@@ -327,6 +328,7 @@ class RecordingSession(Session):
             for path in self.directory.rglob("*.ts"):
                 if path.relative_to(self.directory).as_posix() not in known:
                     path.unlink(missing_ok=True)
+        self.taken_names = naming.TakenNames(known)
         runs = [int(m.group(1)) for f in files if (m := re.match(r"ha(\d+)_", f.name))]
         self.name_prefix = f"ha{max(runs, default=0) + 1}_"
         self.uploader.wake(self.task.id)
@@ -433,7 +435,7 @@ class RecordingSession(Session):
         if spec.names:
             fields = {"app": str(spec.room.app_id), "room": spec.room.room_id, "user": user_id, "media": media,
                       "task": self.task.id, "random": secrets.token_hex(4)}
-            names = naming.PatternNames(spec.names, fields, names)
+            names = naming.PatternNames(spec.names, fields, names, self.taken_names)
         return SinkTarget(directory=self.directory, names=names, track_type=track_type, user_id=user_id, media=media,
                           wall0_ms=wall0_ms, on_event=self._on_file)
 
