@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from cloudrec.core.events import CallbackTarget, Event, EventKind, OutboxEvent, StoredFile, UploadTracker, file_id
+from cloudrec.core.events import (
+    FILE_FORMATS, CallbackTarget, Event, EventKind, OutboxEvent, StoredFile, UploadTracker, file_id,
+)
 from cloudrec.core.states import TaskKind, TaskState
 from cloudrec.core.tasks import TaskRecord
 from cloudrec.dialects.tencent.css_callbacks import DIALECT, CssCallbacks, sign
@@ -28,7 +30,8 @@ BEGIN_MS, END_MS = 1_700_000_000_120, 1_700_001_800_450
 
 def stored(name: str, kind: str = "file", *, vod: bool = True, end_ms: int | None = END_MS) -> Event:
     """The FILE_STORED event the uploader writes for `name` (through the real tracker)."""
-    tracker = UploadTracker(vod=vod, task_id="UpTbk5EUb", playback_base_url="http://127.0.0.1:9/vod")
+    tracker = UploadTracker(vod=vod, task_id="UpTbk5EUb", playback_base_url="http://127.0.0.1:9/vod",
+                            file_events=frozenset(FILE_FORMATS.values()))  # every kind, to see what the format skips
     f = StoredFile(name=name, kind=kind, user_id="livetest", track_type="audio_video", media="main", begin_ms=BEGIN_MS,
                    end_ms=end_ms, size=30045521)
     [event] = tracker.file_stored(f, SENT_MS, key=f"live/{name}")

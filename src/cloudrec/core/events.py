@@ -133,8 +133,10 @@ class UploadTracker:
     Replaying from the store (`seen`) makes a resumed task continue without repeating events.
     """
 
-    def __init__(self, *, vod: bool, task_id: str, playback_base_url: str = "") -> None:
+    def __init__(self, *, vod: bool, task_id: str, playback_base_url: str = "",
+                 file_events: frozenset[str] = frozenset()) -> None:
         self.vod = vod
+        self.file_events = file_events  # the formats the task's dialect reports file by file
         self.task_id = task_id
         self.playback_base_url = playback_base_url.rstrip("/")
         self.started = False
@@ -182,8 +184,11 @@ class UploadTracker:
     def file_stored(self, f: StoredFile, at_ms: int, *, key: str) -> list[Event]:
         """A segment, a closed whole file or a finished playlist is in storage under `key`."""
         ext = f.name.rsplit(".", 1)[-1]
+        fmt = FILE_FORMATS.get(ext, ext)
+        if fmt not in self.file_events:
+            return []  # nobody reports it: no outbox row per segment for nothing
         return [Event(kind=EventKind.FILE_STORED, at_ms=at_ms, payload={
-            **f.plain(), "format": FILE_FORMATS.get(ext, ext), "key": key, "url": self._url(f.name) if self.vod else ""})]
+            **f.plain(), "format": fmt, "key": key, "url": self._url(f.name) if self.vod else ""})]
 
     def failed_upload(self, at_ms: int, *, name: str, code: str, message: str) -> list[Event]:
         """Storage refused `name`; `code`/`message` as the backend returned them (never credentials)."""

@@ -281,6 +281,7 @@ class RecordingSpec:
     names: tuple[NameScheme, ...] = ()  # by output format; none = the product's own (A.8) names
     segment_seconds: float | None = None  # HLS target duration; None = the server's setting
     callback: CallbackTarget | None = None  # this task's own receiver (else the dialect's configured one)
+    file_events: frozenset[str] = frozenset()  # FILE_FORMATS whose stored files get a FILE_STORED event
     # Time window and presence rules (a scheduled recording of a live stream):
     not_before_ms: int = 0  # nothing is recorded before this unix time
     not_after_ms: int = 0  # the task ends (TIMEOUT) at this unix time; 0 = no end

@@ -55,7 +55,8 @@ class UploadQueue(Protocol):
                           events: Sequence[Event] = ()) -> None: ...
     async def upload_failed(self, upload_id: int, *, error: str, events: Sequence[Event] = ()) -> None: ...
     async def upload_retry(self, upload_id: int, *, error: str, next_ms: int) -> None: ...
-    async def revive_failed_uploads(self, node: str, *, since_ms: int) -> list[tuple[int, str]]: ...
+    async def revive_failed_uploads(self, node: str, *, since_ms: int) -> list[tuple[int, str, str]]: ...
+    async def get_file(self, task_id: str, name: str) -> FileRecord | None: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -161,10 +162,12 @@ class Uploader:
         self._next_revival = time.monotonic() + self.config.stranded_retry_seconds
         revived = await self.queue.revive_failed_uploads(
             self.config.node, since_ms=_now_ms() - int(self.config.stranded_keep_seconds * 1000))
-        for upload_id, task_id in revived:
+        for upload_id, task_id, name in revived:
             self._revived.add(upload_id)
             self._settled.discard(upload_id)  # settled as failed earlier in this run
-            self._tasks.pop(task_id, None)  # its cached failures are stale
+            cached = self._tasks.get(task_id)
+            if cached is not None:  # in place: uploads under way still report into this object
+                cached.failed.pop(name, None)
             self._dirty.add(task_id)
         if revived:
             logger.info("stranded uploads retried", extra={"files": len(revived)})
@@ -241,7 +244,7 @@ class Uploader:
         spec = from_plain(RecordingSpec, json.loads(record.spec))
         dest = self.router.destination(spec.storage, task_id)
         tracker = UploadTracker(vod=spec.storage.vendor == "vod", task_id=task_id,
-                                playback_base_url=self.config.vod_playback_base_url)
+                                playback_base_url=self.config.vod_playback_base_url, file_events=spec.file_events)
         uploads = await self.queue.task_uploads(task_id)
         files = {f.name: f for f in await self.queue.list_files(task_id)}
         task = _Task(id=task_id, dest=dest, tracker=tracker, files=files,
@@ -260,8 +263,11 @@ class Uploader:
     async def _file(self, task: _Task, name: str, *, fresh: bool = False) -> FileRecord | None:
         """The file's record; `fresh`: re-read (a playlist's record gains its end when it is final)."""
         if fresh or name not in task.files:
-            task.files = {f.name: f for f in await self.queue.list_files(task.id)}
-        return task.files.get(name)
+            record = await self.queue.get_file(task.id, name)
+            if record is None:
+                return None
+            task.files[name] = record
+        return task.files[name]
 
     # --- uploading ----------------------------------------------------------------------------
     async def _upload(self, task: _Task, row: UploadRecord) -> None:
@@ -306,7 +312,7 @@ class Uploader:
                 logger.warning("upload failed, retrying", extra={"task_id": task.id, "file": row.name, "code": exc.code})
             return
         events: list[Event] = []
-        if exc.code not in task.announced and row.id not in self._revived:  # one 308 per cause, not one per segment
+        if exc.code not in task.announced:  # one 308 per cause and task, not one per segment
             task.announced.add(exc.code)
             events = task.tracker.failed_upload(now, name=row.name, code=exc.code, message=exc.message.split(": ", 1)[-1])
         self._settled.add(row.id)

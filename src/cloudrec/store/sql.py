@@ -226,11 +226,13 @@ class SqlTaskStore:
         f = tables.files
         async with self.engine.connect() as conn:
             rows = (await conn.execute(sa.select(f).where(f.c.task_id == task_id).order_by(f.c.id))).all()
-        return [
-            FileRecord(name=r.name, kind=r.kind, track_type=r.track_type, user_id=r.user_id, media=r.media,
-                       begin_ms=r.begin_ms, end_ms=r.end_ms, final=bool(r.final))
-            for r in rows
-        ]
+        return [_file_from_row(r) for r in rows]
+
+    async def get_file(self, task_id: str, name: str) -> FileRecord | None:
+        f = tables.files
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(f).where(f.c.task_id == task_id, f.c.name == name))).first()
+        return _file_from_row(row) if row is not None else None
 
     # --- the upload queue (storage/uploader.py) -------------------------------------------------------
     async def _queue_upload(self, conn: AsyncConnection, task_id: str, node: str, name: str, kind: str) -> None:
@@ -283,15 +285,15 @@ class SqlTaskStore:
             await conn.execute(u.update().where(u.c.id == upload_id, u.c.state == "pending").values(
                 attempts=u.c.attempts + 1, next_attempt_ms=next_ms, last_error=error[:1000]))
 
-    async def revive_failed_uploads(self, node: str, *, since_ms: int) -> list[tuple[int, str]]:
+    async def revive_failed_uploads(self, node: str, *, since_ms: int) -> list[tuple[int, str, str]]:
         """Failed (stranded) uploads of `node` queued after `since_ms` go back to the queue, due now;
-        returns their (id, task id)."""
+        returns their (id, task id, name)."""
         u = tables.uploads
         async with self.engine.begin() as conn:
-            rows = [(int(r[0]), str(r[1])) for r in (await conn.execute(sa.select(u.c.id, u.c.task_id).where(
+            rows = [(int(r[0]), str(r[1]), str(r[2])) for r in (await conn.execute(sa.select(u.c.id, u.c.task_id, u.c.name).where(
                 u.c.node == node, u.c.state == "failed", u.c.created_ms >= since_ms))).all()]
             if rows:
-                await conn.execute(u.update().where(u.c.id.in_([i for i, _ in rows]), u.c.state == "failed").values(
+                await conn.execute(u.update().where(u.c.id.in_([i for i, _, _ in rows]), u.c.state == "failed").values(
                     state="pending", next_attempt_ms=0))
         return rows
 
@@ -607,3 +609,8 @@ def _parts_match(column: sa.ColumnElement[str], parts: tuple[str | None, ...], *
     def like(part: str | None) -> str:
         return "%" if part is None else part.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return column.like("/".join(like(part) for part in parts), escape="\\")
+
+
+def _file_from_row(r: Any) -> FileRecord:
+    return FileRecord(name=r.name, kind=r.kind, track_type=r.track_type, user_id=r.user_id, media=r.media,
+                      begin_ms=r.begin_ms, end_ms=r.end_ms, final=bool(r.final))

@@ -162,6 +162,7 @@ class ArtcActions:
             layout=layout,
             storage=storage.target,
             callback=callback,
+            file_events=callback.file_formats if callback is not None else frozenset(),
             not_after_ms=now_ms + LIFETIME_HOURS * 3600 * 1000,
         )
         task_id = await self.control.create_recording(spec, dialect=DIALECT, lifetime_hours=LIFETIME_HOURS)

@@ -15,6 +15,7 @@ from cloudrec.core.rooms import RoomKey
 from cloudrec.core.spec import (
     Container, MediaSelect, NameScheme, RecordingSpec, RecordMode, StorageTarget, StreamType, Subscription, UserFilter,
 )
+from cloudrec.dialects.tencent.css_callbacks import REPORTED_FORMATS
 from cloudrec.dialects.tencent.css_templates import FORMATS
 
 BEIJING_HOURS = 8.0
@@ -92,4 +93,5 @@ def recording_spec(room: RoomKey, *, domain: str, app_name: str, stream: str, te
         not_after_ms=end_s * 1000,
         idle_stop=False,
         new_files_per_publish=True,
+        file_events=REPORTED_FORMATS,  # event_type 100 for each whole file and each final playlist
     )
