@@ -112,6 +112,7 @@ class Service:
         self.apps = apps
         self.aliyun = self._aliyun_gateway(settings, apps)
         self.ready = False
+        self._task_receivers: dict[str, CallbackTarget | None] = {}  # ARTC tasks' NotifyUrl, by task id
         self.publishers = PublisherAuth(apps)
         self.css_push = CssPushAuth([PushDomain(name=d.name, key=d.push_key, backup_key=d.backup_push_key, default=d.default)
                                      for d in settings.css.domains])
@@ -260,16 +261,20 @@ class Service:
         return live
 
     async def _receiver(self, event: OutboxEvent) -> CallbackTarget | None:
-        """Where an event goes: the task's own receiver if its request named one, else the dialect's."""
+        """Where an event goes: TRTC's app and CSS's push domain name the receiver in config; other
+        dialects (ARTC) name it in the task's request."""
         if event.dialect == TRTC_DIALECT:
             app = self.settings.app(event.room.app_id)
             return CallbackTarget(url=app.callback_url, key=app.callback_key) if app and app.callback_url else None
         if event.dialect == CSS_DIALECT:
             return self._css_receiver(event)
-        task = await self.store.get_task(event.task_id)
-        if task is None:
-            return None
-        return from_plain(RecordingSpec, json.loads(task.spec)).callback
+        if event.task_id not in self._task_receivers:  # a task's receiver never changes: read its spec once
+            task = await self.store.get_task(event.task_id)
+            if len(self._task_receivers) >= 10_000:
+                self._task_receivers.pop(next(iter(self._task_receivers)))
+            self._task_receivers[event.task_id] = (
+                from_plain(RecordingSpec, json.loads(task.spec)).callback if task is not None else None)
+        return self._task_receivers[event.task_id]
 
     def _css_receiver(self, event: OutboxEvent) -> CallbackTarget | None:
         """CSS tasks report to their push domain's callback_url ([[css.domains]])."""

@@ -141,31 +141,31 @@ class Notifier:
             if ev.id in self._inflight:
                 continue
             receiver = await self.receiver(ev)
+            if receiver is not None and not receiver.url:
+                receiver = None
+            if receiver is not None and self._busy.get(receiver.url, 0) >= self.config.max_in_flight:
+                continue  # formatted once it is sent, not on every tick it waits
             fmt = self.formats.get(ev.dialect)
-            if receiver is None or not receiver.url or fmt is None or fmt.format(ev, receiver, sent_ms=now) is None:
-                why = ("no callback receiver for the task" if receiver is None or not receiver.url else
+            req = fmt.format(ev, receiver, sent_ms=now) if fmt is not None and receiver is not None else None
+            if receiver is None or req is None:
+                why = ("no callback receiver for the task" if receiver is None else
                        f"no callback format for {ev.dialect!r}" if fmt is None else "the dialect has no callback for this event")
                 await self.outbox.event_final(ev.id, "skipped", error=why)
                 self._wake.set()  # the task's next event is a head now: look again at once
-                continue
-            if self._busy.get(receiver.url, 0) >= self.config.max_in_flight:
                 continue
             lease = now + int((self.config.timeout_seconds + 30) * 1000)
             if not await self.outbox.claim_event(ev.id, self.owner, now_ms=now, until_ms=lease):
                 continue  # another process took it
             self._busy[receiver.url] = self._busy.get(receiver.url, 0) + 1
-            self._inflight[ev.id] = asyncio.create_task(self._deliver(ev, receiver, fmt), name=f"callback-{ev.id}")
+            self._inflight[ev.id] = asyncio.create_task(self._deliver(ev, receiver, req), name=f"callback-{ev.id}")
             started += 1
         return started
 
-    async def _deliver(self, ev: OutboxEvent, receiver: CallbackTarget, fmt: CallbackFormat) -> None:
+    async def _deliver(self, ev: OutboxEvent, receiver: CallbackTarget, req: CallbackRequest) -> None:
+        """Send `req` (formatted and signed when the event was claimed) and record the outcome."""
         log = {"task_id": ev.task_id, "event_id": ev.id, "event": ev.event.kind.value, "receiver": _host(receiver.url),
                "attempt": ev.attempts + 1}
         try:
-            req = fmt.format(ev, receiver, sent_ms=_ms())
-            if req is None:
-                await self.outbox.event_final(ev.id, "skipped", error="the dialect has no callback for this event")
-                return
             error = await self._post(receiver.url, req, ev)
             now = _ms()
             if self.metrics is not None:

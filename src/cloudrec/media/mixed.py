@@ -153,6 +153,8 @@ class MixedPipeline:
         done = self._video_done if self._has_video else self._audio_done
         if done == -math.inf or self._first_output_at is None and self._samples_out == 0:
             return 0.0
+        if self._video_written_until == math.inf:
+            return 0.0  # the mix has ended (flushing, or its task waits for uploads): nothing is late
         return max(0.0, self._clock() - self._t0 - self._latency - done)
 
     def update(
