@@ -80,3 +80,17 @@ async def test_a_refused_create_displaces_nobody(tmp_path: Path) -> None:
         await strict.create_recording(third, dialect="trtc", lifetime_hours=6)
     assert (await store.get_task(again)).stop_requested is None  # type: ignore[union-attr]
     await store.stop()
+
+
+def test_rate_buckets_belong_to_configured_apps_or_the_signing_key() -> None:
+    """Inventing app ids must not give a caller fresh buckets: unknown ids share their key's bucket."""
+    from cloudrec.control.apps import AppInfo, app_named
+    from cloudrec.control.limits import RateLimiter, caller
+
+    apps = {1400000001: AppInfo(id=1400000001, key="k", rate_per_second=2.0)}
+    limiter = RateLimiter(1.0, clock=lambda: 0.0)
+    allowed = [limiter.allow(caller(app_named(apps, str(1400000100 + i)), "AK1")[0]) for i in range(5)]
+    assert allowed == [True, False, False, False, False]  # one bucket for all the invented ids
+    key, rate = caller(app_named(apps, "1400000001"), "AK1")
+    assert rate == 2.0 and [limiter.allow(key, rate) for _ in range(3)] == [True, True, False]  # the app's own
+    assert app_named(apps, "１400000001") is None and app_named(apps, "9" * 40) is None  # not decimal / too long

@@ -82,3 +82,16 @@ async def test_a_task_whose_session_cannot_start_is_ended_not_left_claimed(tmp_p
     finally:
         await worker.stop()
         await store.stop()
+
+
+async def test_a_nonce_is_taken_once_until_it_expires_whatever_its_length(tmp_path: Path) -> None:
+    store = SqlTaskStore(f"sqlite+aiosqlite:///{tmp_path / 'cloudrec.db'}")
+    await store.start()
+    try:
+        long = "AK:" + "n" * 5000  # longer than the column: kept as a digest
+        assert await store.use_nonce(long, now=1000.0, expires_at=1900.0)
+        assert not await store.use_nonce(long, now=1500.0, expires_at=2400.0)  # a replay inside the window
+        assert await store.use_nonce("AK:other", now=1500.0, expires_at=2400.0)
+        assert await store.use_nonce(long, now=2000.0, expires_at=2900.0)  # its window has passed
+    finally:
+        await store.stop()

@@ -103,7 +103,7 @@ class Service:
         gateway = TencentGateway(
             trtc_actions=TrtcActions(self.control, RoomControl(self.registry, self.control), apps),
             css_actions=css.CssActions(self.css_control),
-            app_rate=lambda app_id: apps[app_id].rate_per_second if app_id in apps else None,
+            apps=apps,
             lookup_secret=settings.secret_for,
             rate_limiter=RateLimiter(settings.rate_limit_per_second),
             window_seconds=settings.signature_window_seconds,
@@ -138,7 +138,7 @@ class Service:
             artc=ArtcActions(self.control, apps, has_users=has_users),
             lookup_secret=settings.secret_for, key_apps=settings.apps_for, use_nonce=self.store.use_nonce,
             rate_limiter=RateLimiter(settings.rate_limit_per_second),
-            app_rate=lambda app_id: apps[app_id].rate_per_second if app_id in apps else None,
+            apps=apps,
             max_body_bytes=settings.max_body_bytes,
         )
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from cloudrec.core.ids import is_decimal
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -12,3 +15,8 @@ class AppInfo:
     max_concurrent_tasks: int = 100
     require_private_map_key: bool = False
     rate_per_second: float | None = None
+
+
+def app_named(apps: Mapping[int, AppInfo], text: str) -> AppInfo | None:
+    """The configured app a request names by its decimal id (TRTC SdkAppId, ARTC AppId), if any."""
+    return apps.get(int(text)) if is_decimal(text) and len(text) < 19 else None

@@ -1,10 +1,15 @@
-"""Request-rate limiting: one token bucket per (app, action)."""
+"""Request-rate limiting: one token bucket per (caller, action).
+
+The caller is the configured app a request names, else the credential that signed it: an app id
+that is not configured (anyone can write one) never gets a bucket of its own."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Callable, Hashable
+
+from cloudrec.control.apps import AppInfo
 
 
 class RateLimiter:
@@ -28,3 +33,10 @@ class RateLimiter:
                 return False
             self._buckets[key] = (tokens - 1.0, now)
             return True
+
+
+def caller(app: AppInfo | None, credential: str, default_rate: float | None = None) -> tuple[str, float | None]:
+    """(bucket key, rate) of a request: its configured app with the app's own rate, else its credential."""
+    if app is not None:
+        return f"app:{app.id}", app.rate_per_second
+    return f"key:{credential}", default_rate

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -307,25 +308,21 @@ class SqlTaskStore:
         return {str(r[0]): int(r[1]) for r in rows}
 
     # --- request nonces (replay protection of signed API calls) ----------------------------------
-    async def use_nonce(self, nonce: str, expires_at: float) -> bool:
-        """True if `nonce` was not seen (or its earlier use has expired); it is then taken until `expires_at`."""
+    async def use_nonce(self, nonce: str, *, now: float, expires_at: float) -> bool:
+        """True if `nonce` was not seen (or its earlier use has expired); it is then taken until `expires_at`.
+        Kept as a SHA-256, so a nonce of any length fits the column."""
         n = tables.nonces
-        now = time.time()
+        digest = hashlib.sha256(nonce.encode()).hexdigest()
         try:
             async with self.engine.begin() as conn:
                 if now - self._nonces_swept > NONCE_SWEEP_SECONDS:  # expired rows go now and then, from any node
                     self._nonces_swept = now
                     await conn.execute(n.delete().where(n.c.expires_at < now))
-                held = await conn.scalar(sa.select(n.c.expires_at).where(n.c.nonce == nonce))
-                if held is not None and held >= now:
-                    return False
-                if held is not None:  # seen long ago: the timestamp window has passed since, so it may be reused
-                    res = await conn.execute(n.update().where(n.c.nonce == nonce, n.c.expires_at == held)
-                                             .values(expires_at=expires_at))
-                    return bool(res.rowcount)
-                await conn.execute(n.insert().values(nonce=nonce, expires_at=expires_at))
+                else:  # an expired use of this nonce: its timestamp window has passed, it may be used again
+                    await conn.execute(n.delete().where(n.c.nonce == digest, n.c.expires_at < now))
+                await conn.execute(n.insert().values(nonce=digest, expires_at=expires_at))
                 return True
-        except sa.exc.IntegrityError:  # another request (or node) inserted it at the same moment
+        except sa.exc.IntegrityError:  # in use (also: another request or node inserted it at the same moment)
             return False
 
     # --- the callback outbox -----------------------------------------------------------------------

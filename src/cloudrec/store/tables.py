@@ -91,7 +91,7 @@ sa.Index("uploads_node_state", uploads.c.node, uploads.c.state, uploads.c.id)
 nonces = sa.Table(  # signed-request nonces already seen (migration 4): replays are refused on every node
     "nonces",
     metadata,
-    sa.Column("nonce", sa.String(320), primary_key=True),  # "<AccessKeyId>:<nonce>"
+    sa.Column("nonce", sa.String(320), primary_key=True),  # SHA-256 hex of "<AccessKeyId>:<nonce>"
     sa.Column("expires_at", sa.Float, nullable=False, index=True),  # unix s; after it the timestamp check refuses a replay
 )
 

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from cloudrec.control.apps import AppInfo
+from cloudrec.control.apps import AppInfo, app_named
 from cloudrec.control.tasks import TaskControl
 from cloudrec.core.events import CallbackTarget, EventKind, file_id
 from cloudrec.core.rooms import RoomIdType, RoomKey
@@ -24,6 +24,7 @@ from cloudrec.core.spec import (
 )
 from cloudrec.core.states import TaskKind, TaskState
 from cloudrec.core.tasks import TaskRecord
+from cloudrec.dialects.aliyun.callbacks import NOTIFY_FORMATS
 from cloudrec.dialects.aliyun.errors import AliyunError, business, missing
 from cloudrec.dialects.aliyun.params import Obj, indexed_list, nested
 from cloudrec.errors import CloudrecError, Conflict, InvalidRequest, LimitReached, NotFound
@@ -42,7 +43,6 @@ _BUCKET = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 _URL = re.compile(r"^https?://[^\s]+$", re.I)
 _AUTH_KEY = re.compile(r"^[A-Za-z0-9]{16,64}$")
 _FORMATS = {"HLS": Container.HLS, "MP4": Container.MP4, "MP3": Container.MP3}
-_NOTIFY = {"SLICE": "segment", "HLS": "hls", "MP4": "mp4", "MP3": "mp3"}  # → FILE_STORED `format`
 _SAMPLE_RATES = (8000, 16000, 32000, 44100, 48000)
 _START_TIME = "{start:%Y-%m-%d-%H:%M:%S}"  # "2025-03-25-11:27:28", UTC+8
 _NOBODY = UserFilter(allow=("",))  # no user id is empty: admits nobody
@@ -215,7 +215,7 @@ class ArtcActions:
         raw = p.get("AppId", "")
         if not raw:
             raise missing("AppId")
-        app = self.apps.get(int(raw)) if raw.isascii() and raw.isdigit() and len(raw) < 19 else None
+        app = app_named(self.apps, raw)
         if app is None or (allowed is not None and app.id not in allowed):
             raise business("InvalidParameter.AppId", "unknown AppId")
         return app
@@ -455,9 +455,9 @@ def _callback(p: Params, storage: _Storage) -> CallbackTarget | None:
     if key and not _AUTH_KEY.match(key):
         raise business("InvalidParameter.NotifyAuthKey", "NotifyAuthKey must be 16-64 letters or digits")
     for f in formats:
-        if f not in _NOTIFY or f not in storage.notify_allowed:
+        if f not in NOTIFY_FORMATS or f not in storage.notify_allowed:
             raise business("InvalidParameter.NotifyFileUploadedFormat", f"{f} is not a format this task records to OSS")
-    return CallbackTarget(url=url, key=key, file_formats=frozenset(_NOTIFY[f] for f in formats))
+    return CallbackTarget(url=url, key=key, file_formats=frozenset(NOTIFY_FORMATS[f] for f in formats))
 
 
 # --- mixed mode ------------------------------------------------------------------------------------

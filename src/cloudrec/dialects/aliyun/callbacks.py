@@ -16,7 +16,8 @@ from cloudrec.core.states import StopReason
 
 # Lifecycle: TaskRunning once the recorder runs, TaskRecovering after a takeover, TaskStopping when the
 # recorder exits, TaskStopped once every file is stored (so the file list is complete).
-_FORMAT_NAMES = {"segment": "SLICE", "hls": "HLS", "mp4": "MP4", "mp3": "MP3"}
+NOTIFY_FORMATS = {"SLICE": "segment", "HLS": "hls", "MP4": "mp4", "MP3": "mp3"}  # NotifyFileUploadedFormat → FILE_STORED
+_FORMAT_NAMES = {v: k for k, v in NOTIFY_FORMATS.items()}
 _REASONS = {StopReason.API: "api", StopReason.IDLE: "idle", StopReason.TIMEOUT: "lifetime",
             StopReason.SHUTDOWN: "shutdown", StopReason.FAILED: "failed"}
 

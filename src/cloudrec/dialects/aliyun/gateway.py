@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
-from cloudrec.control.limits import RateLimiter
-from cloudrec.core.ids import is_decimal
+from cloudrec.control.apps import AppInfo, app_named
+from cloudrec.control.limits import RateLimiter, caller
 from cloudrec.dialects.aliyun import signing
 from cloudrec.dialects.aliyun.errors import AliyunError, envelope
 from cloudrec.dialects.aliyun.params import decode_form, to_dict
@@ -38,7 +38,10 @@ RPC_COMMON = frozenset({"Action", "Version", "Format", "Timestamp", "SignatureNo
 # What a V3 signature must cover, whatever else the client chose to sign.
 V3_REQUIRED = ("host", "x-acs-action", "x-acs-version", "x-acs-date", "x-acs-signature-nonce", "x-acs-content-sha256")
 
-UseNonce = Callable[[str, float], Awaitable[bool]]  # (scoped nonce, expiry unix s) → True if it was new
+class UseNonce(Protocol):
+    def __call__(self, nonce: str, *, now: float, expires_at: float) -> Awaitable[bool]:
+        """True if the scoped nonce was new; it is then taken until `expires_at` (unix s)."""
+        ...
 
 
 class Actions(Protocol):
@@ -74,7 +77,7 @@ class AliyunGateway:
         lookup_secret: Callable[[str], str | None],
         use_nonce: UseNonce,
         rate_limiter: RateLimiter,
-        app_rate: Callable[[int], float | None] = lambda _app: None,
+        apps: Mapping[int, AppInfo] | None = None,
         key_apps: Callable[[str], frozenset[int] | None] = lambda _key: None,
         max_body_bytes: int = 1 << 20,
         clock: Callable[[], float] = time.time,
@@ -83,7 +86,7 @@ class AliyunGateway:
         self.lookup_secret = lookup_secret
         self.use_nonce = use_nonce
         self.rate_limiter = rate_limiter
-        self.app_rate = app_rate
+        self.apps = apps or {}
         self.key_apps = key_apps
         self.max_body = max_body_bytes
         self.clock = clock
@@ -125,11 +128,11 @@ class AliyunGateway:
             if "Signature" not in params:
                 raise AliyunError("IncompleteSignature", "The request signature does not conform to Aliyun standards.", 400)
             access_key, nonce, stamp = self._verify_rpc(method, query + form, params, now)
-            action = params.get("Action") or headers.get("x-acs-action", "")
-            version = params.get("Version") or headers.get("x-acs-version", "")
+            # From the signed parameters only: the x-acs-* headers are not signed in RPC mode.
+            action, version = params.get("Action", ""), params.get("Version", "")
             params = {k: v for k, v in params.items() if k not in RPC_COMMON}
         # Only signed requests reach the nonce table, so nobody can fill it without a key.
-        if not await self.use_nonce(f"{access_key}:{nonce}", max(now, stamp) + WINDOW_SECONDS):
+        if not await self.use_nonce(f"{access_key}:{nonce}", now=now, expires_at=max(now, stamp) + WINDOW_SECONDS):
             raise AliyunError("SignatureNonceUsed", "Specified signature nonce was used already.", 400)
         if not action:
             raise AliyunError("MissingParameter", "The input parameter \"Action\" that is mandatory for processing "
@@ -139,9 +142,8 @@ class AliyunGateway:
         handler = self.artc.actions.get(action)
         if handler is None:
             raise AliyunError("InvalidAction.NotFound", "Specified api is not found, please check your url and method.", 404)
-        app = params.get("AppId", "")
-        rate = self.app_rate(int(app)) if is_decimal(app) and len(app) < 19 else None
-        if not self.rate_limiter.allow((app or access_key, action), rate):
+        key, rate = caller(app_named(self.apps, params.get("AppId", "")), access_key)
+        if not self.rate_limiter.allow((key, action), rate):
             raise AliyunError("Throttling.User", "Request was denied due to user flow control.", 400)
         return action, await handler(params, self.key_apps(access_key))
 

@@ -21,7 +21,7 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from cloudrec.control.apps import AppInfo
+from cloudrec.control.apps import AppInfo, app_named
 from cloudrec.core.ids import is_decimal
 from cloudrec.core.rooms import RoomIdType, RoomKey
 from cloudrec.core.spec import TrackKind
@@ -180,7 +180,7 @@ def admit(apps: Mapping[int, AppInfo], *, token: str, app_id: str = "", channel_
         single = True
     else:
         single = False
-    app = apps.get(int(app_id)) if is_decimal(app_id) and len(app_id) < 19 else None
+    app = app_named(apps, app_id)
     if token.startswith("000"):
         if app is None:
             raise TokenRejected("unknown AppId", 403)

@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
-from cloudrec.control.limits import RateLimiter
+from cloudrec.control.apps import AppInfo, app_named
+from cloudrec.control.limits import RateLimiter, caller
 from cloudrec.core.ids import new_request_id
 from cloudrec.dialects.tencent import css, trtc
 from cloudrec.dialects.tencent.errors import TencentError
 from cloudrec.dialects.tencent.fields import Obj
 from cloudrec.dialects.tencent.params import COMMON_PARAMS, unflatten
 from cloudrec.dialects.tencent.signing import IncomingRequest, verify_tc3, verify_v1
-from cloudrec.core.ids import is_decimal
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class TencentGateway:
         css_actions: css.CssActions | None = None,
         lookup_secret: Callable[[str], str | None],
         rate_limiter: RateLimiter,
-        app_rate: Callable[[int], float | None] = lambda _app: None,
+        apps: Mapping[int, AppInfo] | None = None,
         window_seconds: int = 300,
         max_body_bytes: int = 1 << 20,
         clock: Callable[[], float] = time.time,
@@ -68,7 +68,7 @@ class TencentGateway:
             self.action_rates[css.VERSION] = css.RATES
         self.lookup_secret = lookup_secret
         self.rate_limiter = rate_limiter
-        self.app_rate = app_rate
+        self.apps = apps or {}
         self.window = window_seconds
         self.max_body = max_body_bytes
         self.clock = clock
@@ -125,9 +125,9 @@ class TencentGateway:
         if action not in service.actions:
             raise TencentError("InvalidAction", f"action {action} does not exist")
         self.region_rules[version](action, region)
-        app_key = str(params.get("SdkAppId", ""))
-        rate = self.app_rate(int(app_key)) if is_decimal(app_key) else self.action_rates.get(version, {}).get(action)
-        if not self.rate_limiter.allow((app_key or who.secret_id, action), rate):
+        key, rate = caller(app_named(self.apps, str(params.get("SdkAppId", ""))), who.secret_id,
+                           self.action_rates.get(version, {}).get(action))
+        if not self.rate_limiter.allow((key, action), rate):
             raise TencentError("RequestLimitExceeded", "request rate limit exceeded")
         return action, await service.call(action, Obj(params))
 
