@@ -16,7 +16,7 @@ from cloudrec.core.ids import new_task_id
 from cloudrec.core.ingest import IngestSpec
 from cloudrec.core.records import from_plain, to_plain
 from cloudrec.core.rooms import RoomKey
-from cloudrec.core.spec import Layout, RecordingSpec, RecordMode, Subscription
+from cloudrec.core.spec import Layout, MediaSelect, RecordingSpec, RecordMode, Subscription
 from cloudrec.core.states import StopReason, TaskKind, TaskState
 from cloudrec.core.tasks import FileRecord, TaskRecord
 from cloudrec.errors import Conflict, NotFound
@@ -60,24 +60,13 @@ class TaskControl:
         task = await self._visible(app_id, task_id, TaskKind.RECORDING)
         return task, from_plain(RecordingSpec, json.loads(task.spec))
 
-    async def find(self, task_id: str) -> TaskRecord | None:
-        """The task row whatever its state; a dialect that addresses tasks by id alone checks ownership itself."""
-        return await self.store.get_task(task_id)
-
-    async def replace_recording(self, app_id: int, task_id: str, spec: RecordingSpec) -> None:
-        """A live change that is more than layout and subscriptions (ARTC: the tracks a new list selects)."""
-        task, _ = await self.recording(app_id, task_id)
-        if task.state is TaskState.EXITING:
-            raise Conflict("the task is exiting", reason="exiting")
-        await self.store.replace_spec(task_id, json.dumps(to_plain(spec)))
-        logger.info("recording modified", extra={"task_id": task_id})
-        self.wake()
-
-    async def recording_any(self, app_id: int, task_id: str, *, max_age_seconds: float) -> tuple[TaskRecord, RecordingSpec]:
-        """A recording of this app created within `max_age_seconds`, ended or not (ARTC describes ended tasks)."""
-        task = await self.store.get_task(task_id)
-        if task is None or task.kind is not TaskKind.RECORDING or task.room.app_id != app_id \
-                or self._clock() - task.created_at > max_age_seconds:
+    async def recording_by_id(self, task_id: str, *, dialect: str, apps: frozenset[int] | None,
+                              max_age_seconds: float) -> tuple[TaskRecord, RecordingSpec]:
+        """A recording addressed by its id alone (ARTC), ended or not, created within `max_age_seconds`:
+        only a task of this dialect and of one of `apps` (None: any app the caller has) is visible."""
+        task = await self.store.get_task(task_id) if len(task_id) <= 128 else None
+        if task is None or task.kind is not TaskKind.RECORDING or task.dialect != dialect \
+                or (apps is not None and task.room.app_id not in apps) or self._clock() - task.created_at > max_age_seconds:
             raise NotFound("task not found", reason="task")
         return task, from_plain(RecordingSpec, json.loads(task.spec))
 
@@ -87,13 +76,14 @@ class TaskControl:
     async def files(self, task_id: str) -> list[FileRecord]:
         return await self.store.list_files(task_id)
 
-    async def modify_recording(self, app_id: int, task_id: str, *, layout: Layout | None, subscription: Subscription | None) -> None:
+    async def modify_recording(self, app_id: int, task_id: str, *, layout: Layout | None, subscription: Subscription | None,
+                               media_select: MediaSelect | None = None) -> None:
         task, spec = await self.recording(app_id, task_id)
         if task.state is TaskState.EXITING:
             raise Conflict("the task is exiting", reason="exiting")
         if layout is not None and spec.mode is not RecordMode.MIXED:
             layout = None  # layout only means something to a mixed recording; ignored like the vendor does
-        new = spec.modified(layout=layout, subscription=subscription)
+        new = spec.modified(layout=layout, subscription=subscription, media_select=media_select)
         await self.store.replace_spec(task_id, json.dumps(to_plain(new)))
         logger.info("recording modified", extra={"task_id": task_id})
         self.wake()

@@ -289,12 +289,15 @@ class RecordingSpec:
     new_files_per_publish: bool = False  # each publish of a user starts a new file set
     idle_per_stream: bool = False  # single mode: each stream ends after max_idle_seconds alone
 
-    def modified(self, *, layout: Layout | None, subscription: Subscription | None) -> RecordingSpec:
-        """The spec after a live change (layout and subscriptions are replaced, not patched)."""
+    def modified(self, *, layout: Layout | None, subscription: Subscription | None,
+                 media_select: MediaSelect | None = None) -> RecordingSpec:
+        """The spec after a live change (layout, subscriptions and the video tracks taken are replaced,
+        not patched; None keeps the current one)."""
         return replace(
             self,
             layout=layout if layout is not None else self.layout,
             subscription=subscription if subscription is not None else self.subscription,
+            media_select=media_select if media_select is not None else self.media_select,
         )
 
 

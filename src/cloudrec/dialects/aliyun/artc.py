@@ -180,16 +180,16 @@ class ArtcActions:
         entries = _subscriptions(p)
         _check_streams(spec.mode, spec.stream_type, entries)
         layout_raw = nested(p, "MixLayoutParams", E_PANES)
-        layout = spec.layout
+        layout = None  # omitted: the current layout stays
         if spec.mode is RecordMode.SINGLE:
             if layout_raw is not None:
                 raise business(E_PANES, "MixLayoutParams must not be set in individual mode")
             if _duplicated(entries) and not all("{label}" in n.file for n in spec.names):
                 raise business(E_SUBS, "the file names of this task have no {SourceType}: a user may be subscribed once")
-        elif layout_raw is not None:  # omitted: the current layout stays
+        elif layout_raw is not None:
             layout = _layout(Obj(layout_raw, "MixLayoutParams", E_PANES), entries)
-        new = replace(spec, subscription=_subscription(entries), media_select=_media_select(entries), layout=layout)
-        await self.control.replace_recording(task.room.app_id, task.id, new)
+        await self.control.modify_recording(task.room.app_id, task.id, layout=layout, subscription=_subscription(entries),
+                                            media_select=_media_select(entries))
         return {"TaskId": task.id}
 
     async def describe(self, p: Params, allowed: frozenset[int] | None) -> dict[str, Any]:
@@ -224,10 +224,8 @@ class ArtcActions:
         task_id = p.get("TaskId", "")
         if not task_id:
             raise missing("TaskId")
-        task = await self.control.find(task_id) if len(task_id) <= 128 else None
-        if task is None or task.dialect != DIALECT or (allowed is not None and task.room.app_id not in allowed):
-            raise business("NotFound.Task", "the task does not exist")
-        return await self.control.recording_any(task.room.app_id, task.id, max_age_seconds=DESCRIBE_SECONDS)
+        # NotFound (another app's or dialect's task, too old, no such task) is NotFound.Task (`_guard`).
+        return await self.control.recording_by_id(task_id, dialect=DIALECT, apps=allowed, max_age_seconds=DESCRIBE_SECONDS)
 
 
 def _status(task: TaskRecord, kinds: set[EventKind]) -> str:
