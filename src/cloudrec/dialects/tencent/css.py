@@ -32,6 +32,7 @@ TASK_REGIONS = frozenset({
     "ap-bangkok", "ap-guangzhou", "ap-hongkong", "ap-jakarta", "ap-mumbai", "ap-seoul", "ap-singapore", "ap-tokyo",
     "eu-frankfurt", "na-ashburn", "na-siliconvalley", "na-toronto", "sa-saopaulo",
 })
+REGIONAL_ACTIONS = frozenset({"CreateRecordTask"})
 # Requests per second and SecretId: documented for CreateRecordTask (20) and CreateLiveRecordTemplate
 # (200); the other task actions get 20, template and rule actions 200 (typical, unconfirmed).
 RATES = {
@@ -50,15 +51,6 @@ _DOMAIN = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,256}$")  # AppName, StreamName: no "/" (they are parts of the room id)
 
 Action = Callable[[Obj], Awaitable[dict[str, Any]]]
-
-
-def check_region(action: str, region: str) -> None:
-    if action != "CreateRecordTask":
-        return
-    if not region:
-        raise TencentError("MissingParameter", "missing parameter Region")
-    if region not in TASK_REGIONS:
-        raise TencentError("UnsupportedRegion", f"region {region} is not supported")
 
 
 class CssActions:
@@ -81,11 +73,9 @@ class CssActions:
         }
 
     async def call(self, action: str, params: Obj) -> dict[str, Any]:
-        handler = self.actions.get(action)
-        if handler is None:
-            raise TencentError("InvalidAction", f"action {action} does not exist")
+        """`action` is one of `actions` (the gateway answered InvalidAction otherwise)."""
         try:
-            return await handler(params)
+            return await self.actions[action](params)
         except CloudrecError as exc:  # anything the action did not map itself
             raise TencentError("InternalError", "internal error") from exc
 
@@ -129,22 +119,21 @@ class CssActions:
         except NotFound:
             return None
 
-    async def _schedule(self, p: Obj) -> ScheduleRecord:
-        task_id = p.req_str("TaskId", max_len=256)
-        try:
-            return await self.control.get(task_id)
-        except NotFound as exc:
-            raise TencentError("InvalidParameter", "TaskId does not exist") from exc
-
     async def stop_record_task(self, p: Obj) -> dict[str, Any]:
-        schedule = await self._schedule(p)
-        await self.control.stop(schedule.task_id)
+        await self._on_task(p, self.control.stop)
         return {}
 
     async def delete_record_task(self, p: Obj) -> dict[str, Any]:
-        schedule = await self._schedule(p)
-        await self.control.delete(schedule.task_id)
+        await self._on_task(p, self.control.delete)
         return {}
+
+    @staticmethod
+    async def _on_task(p: Obj, operation: Callable[[str], Awaitable[None]]) -> None:
+        """`operation` on the TaskId's task (it checks that the task exists, is listed and in time)."""
+        try:
+            await operation(p.req_str("TaskId", max_len=256))
+        except NotFound as exc:
+            raise TencentError("InvalidParameter", "TaskId does not exist") from exc
 
     async def describe_record_task(self, p: Obj) -> dict[str, Any]:
         now = int(self.clock())

@@ -35,8 +35,11 @@ class Reply:
     content_type: str = "application/json"
 
 
-def _required_region(regions: frozenset[str]) -> Callable[[str, str], None]:
-    def check(_action: str, region: str) -> None:
+def _required_region(regions: frozenset[str], actions: frozenset[str] | None = None) -> Callable[[str, str], None]:
+    """A region rule: one of `regions` is required (by `actions` only, if given; the others take any or none)."""
+    def check(action: str, region: str) -> None:
+        if actions is not None and action not in actions:
+            return
         if not region:
             raise TencentError("MissingParameter", "missing parameter Region")
         if region not in regions:
@@ -64,7 +67,7 @@ class TencentGateway:
         self.action_rates: dict[str, Mapping[str, float]] = {}  # documented per-action limits (no app to key on)
         if css_actions is not None:
             self.services[css.VERSION] = css_actions
-            self.region_rules[css.VERSION] = css.check_region
+            self.region_rules[css.VERSION] = _required_region(css.TASK_REGIONS, css.REGIONAL_ACTIONS)
             self.action_rates[css.VERSION] = css.RATES
         self.lookup_secret = lookup_secret
         self.rate_limiter = rate_limiter

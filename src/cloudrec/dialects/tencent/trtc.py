@@ -80,11 +80,9 @@ class TrtcActions:
         }
 
     async def call(self, action: str, params: Obj) -> dict[str, Any]:
-        handler = self.actions.get(action)
-        if handler is None:
-            raise TencentError("InvalidAction", f"action {action} does not exist")
+        """`action` is one of `actions` (the gateway answered InvalidAction otherwise)."""
         try:
-            return await handler(params)
+            return await self.actions[action](params)
         except NotFound as exc:
             if exc.reason == "room":
                 raise TencentError("FailedOperation.RoomNotExist", exc.message) from exc
