@@ -18,7 +18,7 @@ import pytest
 
 from cloudrec.core.naming import A8Names
 from cloudrec.core.events import EventKind
-from cloudrec.core.media import FileEvent
+from cloudrec.core.media import FileEvent, MediaUnit
 from cloudrec.core.records import to_plain
 from cloudrec.core.rooms import RoomKey
 from cloudrec.core.spec import RecordingSpec, RecordMode, StorageTarget
@@ -29,7 +29,7 @@ from cloudrec.output.target import SinkTarget
 from cloudrec.output.mp4 import Mp4Sink
 from cloudrec.storage.base import StorageFailure
 from cloudrec.storage.local import LocalStore
-from cloudrec.storage.playlist import closed, publishable
+from cloudrec.storage.playlist import closed, publishable, segment_names
 from cloudrec.storage.routing import EndpointRule, StorageConfig, StorageRouter
 from cloudrec.storage.s3 import S3Store
 from cloudrec.storage.uploader import Uploader, UploaderConfig
@@ -262,3 +262,59 @@ def test_vod_file_names_only_recorded_media_inside_the_library(tmp_path: Path) -
     assert vod_file(tmp_path, "t1/a.m3u8") == tmp_path / "t1" / "a.m3u8"
     for bad in ("t1/m3u8", "t1/notes.txt", "t1/../t1/a.m3u8", "t1/.a.m3u8", "t1/missing.mp4"):
         assert vod_file(tmp_path, bad) is None, bad
+
+
+async def test_a_playlist_that_goes_on_is_published_again(moto: str, tmp_path: Path) -> None:
+    """A user leaves (their playlist is closed, ENDLIST, uploaded as final) and publishes again: the
+    sink continues the same playlist, and the bucket's copy must list the new segments too."""
+    s3_client(moto).create_bucket(Bucket="again")
+    room = RoomKey(1400123456, "777")
+    spec = RecordingSpec(room=room, robot_user_id="rec", mode=RecordMode.SINGLE,
+                         storage=StorageTarget(vendor="s3", region="ap-tokyo", bucket="again", access_key=ACCESS_KEY,
+                                               secret_key=SECRET_KEY))
+    now = time.time()
+    task = TaskRecord(id="task-again", kind=TaskKind.RECORDING, dialect="trtc", room=room, user_id="rec",
+                      state=TaskState.IN_PROGRESS, spec=json.dumps(to_plain(spec)), created_at=now, expires_at=now + 3600)
+    store = SqlTaskStore(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
+    await store.start()
+    await store.create_task(task)
+    router = StorageRouter(StorageConfig(storage_dir=tmp_path / "storage", spool_dir=tmp_path / "spool", endpoints=(
+        EndpointRule(vendor="1", region="ap-tokyo", bucket="again", endpoint_url=moto),)))
+    uploader = Uploader(store, router, UploaderConfig(node="n1", poll_seconds=0.1))
+    await uploader.start()
+    dest = uploader.destination(spec.storage, task.id)
+    events: list[FileEvent] = []
+    target = SinkTarget(directory=dest.spool, names=A8Names("u", "video"), track_type="video", user_id="u1", media="main",
+                        wall0_ms=int(now * 1000), on_event=events.append)
+
+    async def record(sink: HlsSink, units: list[MediaUnit]) -> None:
+        sink.open([units[0].info])
+        for unit in units:
+            sink.write(0, unit)
+        sink.close()
+        for fe in events:  # what the session does with each file event
+            await store.put_file(task.id, FileRecord(name=fe.name, kind=fe.kind, track_type=fe.track_type, user_id=fe.user_id,
+                                                     media=fe.media, begin_ms=fe.begin_ms, end_ms=fe.end_ms, final=fe.final),
+                                 upload_on="n1" if fe.final or fe.kind == "playlist" else None)
+        events.clear()
+        uploader.wake(task.id)
+
+    video, _ = demux_units(encode_media(tmp_path / "src.mp4", seconds=8.0, audio_codec=None))
+    half = next(i for i, u in enumerate(video) if u.key and float(u.pts * u.info.time_base) >= 4.0)
+    first = HlsSink(target, segment_seconds=1.0)
+    await record(first, video[:half])
+    deadline = time.monotonic() + 20  # the first session's playlist is stored, final
+    while not any(u.kind == "playlist" and u.state == "done" for u in await store.task_uploads(task.id)):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    await record(HlsSink(target, segment_seconds=1.0, continue_from=first), video[half:])
+    finished = await uploader.finish_task(task.id, wait_seconds=30)
+    await uploader.stop()
+    await store.stop()
+    assert finished is not None
+    client = s3_client(moto)
+    segments = sorted(o["Key"] for o in client.list_objects_v2(Bucket="again")["Contents"] if o["Key"].endswith(".ts"))
+    playlist = client.get_object(Bucket="again", Key="task-again/u_video.m3u8")["Body"].read().decode()
+    listed = sorted(f"task-again/{n}" for n in segment_names(playlist))
+    assert listed == segments and len(segments) >= 6 and "#EXT-X-DISCONTINUITY" in playlist
+    assert playlist.rstrip().endswith("#EXT-X-ENDLIST")

@@ -105,6 +105,7 @@ class HlsSink(PacketSink):
         self._warned = False
         self._discontinuity = False
         self._seg_discontinuity = False
+        self._announced = False  # this sink reported its playlist as live
         if continue_from is not None and continue_from.segments:
             self.segments = list(continue_from.segments)
             self._start_ms = continue_from._start_ms
@@ -162,11 +163,13 @@ class HlsSink(PacketSink):
         self._seg_end = t
         self._last_dts = {}
         self._seg_discontinuity, self._discontinuity = self._discontinuity, False
-        if self._start_ms is None:
-            self._start_ms = begin_ms
+        if not self._announced:  # the first segment of this sink: the playlist is live (again, when continued)
+            self._announced = True
+            if self._start_ms is None:
+                self._start_ms = begin_ms
             self._write_playlist(ended=False)
-            logger.info("playlist started", extra={"file": self.playlist, "begin_ms": begin_ms})
-            self._emit(self.playlist, "playlist", begin_ms, None, final=False)
+            logger.info("playlist started", extra={"file": self.playlist, "begin_ms": self._start_ms})
+            self._emit(self.playlist, "playlist", self._start_ms, None, final=False)
 
     def _mux(self, index: int, unit: MediaUnit) -> None:
         assert self._container is not None

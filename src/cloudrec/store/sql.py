@@ -238,7 +238,12 @@ class SqlTaskStore:
     # --- the upload queue (storage/uploader.py) -------------------------------------------------------
     async def _queue_upload(self, conn: AsyncConnection, task_id: str, node: str, name: str, kind: str) -> None:
         u = tables.uploads
-        present = await conn.scalar(sa.select(u.c.id).where(u.c.task_id == task_id, u.c.name == name))
+        present = (await conn.execute(sa.select(u.c.id, u.c.state).where(u.c.task_id == task_id, u.c.name == name))).first()
+        if present is not None and kind == "playlist" and present.state != "pending":
+            # A finished playlist that goes on (its user published again): publish it anew, as a new row
+            # (the uploader remembers finished rows by id).
+            await conn.execute(u.delete().where(u.c.id == present.id))
+            present = None
         if present is None:
             await conn.execute(u.insert().values(task_id=task_id, node=node, name=name, kind=kind, state="pending",
                                                  attempts=0, next_attempt_ms=0, created_ms=int(time.time() * 1000)))
