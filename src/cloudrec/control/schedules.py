@@ -13,12 +13,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from cloudrec.core.ids import new_task_id
+from cloudrec.control.tasks import recording_record
 from cloudrec.core.records import from_plain, to_plain
 from cloudrec.core.schedules import RuleRecord, ScheduleRecord, TemplateRecord
 from cloudrec.core.spec import RecordingSpec
-from cloudrec.core.states import StopReason, TaskKind, TaskState
-from cloudrec.core.tasks import TaskRecord
+from cloudrec.core.states import StopReason, TaskState
 from cloudrec.errors import NotFound
 from cloudrec.store.base import ScheduleStore
 
@@ -50,10 +49,7 @@ class ScheduleControl:
         ("concurrency") or overlapping ones on this scope ("overlap"). `listed=False`: a task the
         service started itself (a rule's), never listed."""
         now = self.clock()
-        task = TaskRecord(
-            id=new_task_id(), kind=TaskKind.RECORDING, dialect=self.dialect, room=spec.room, user_id=spec.robot_user_id,
-            state=TaskState.IDLE, spec=json.dumps(to_plain(spec)), created_at=now, expires_at=float(end_s),
-        )
+        task = recording_record(spec, dialect=self.dialect, now=now, expires_at=float(end_s))
         schedule = ScheduleRecord(task_id=task.id, service=self.service, scope=scope, start_s=start_s, end_s=end_s,
                                   template_id=template_id, created_at=now, hidden=not listed)
         await self.store.create_scheduled(task, schedule, max_alive=self.limits.max_alive, max_overlap=self.limits.max_overlap)

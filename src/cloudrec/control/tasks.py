@@ -27,6 +27,15 @@ from cloudrec.store.base import TaskStore
 logger = logging.getLogger(__name__)
 
 
+def recording_record(spec: RecordingSpec, *, dialect: str, now: float, expires_at: float) -> TaskRecord:
+    """The store row of a new recording task."""
+    return TaskRecord(
+        id=new_task_id(), kind=TaskKind.RECORDING, dialect=dialect, room=spec.room, user_id=spec.robot_user_id,
+        state=TaskState.IDLE, spec=json.dumps(to_plain(spec)), created_at=now, expires_at=expires_at,
+        not_before=spec.not_before_ms / 1000,
+    )
+
+
 class TaskControl:
     def __init__(
         self,
@@ -44,11 +53,7 @@ class TaskControl:
     # --- recordings -------------------------------------------------------------------------
     async def create_recording(self, spec: RecordingSpec, *, dialect: str, lifetime_hours: int) -> str:
         now = self._clock()
-        task = TaskRecord(
-            id=new_task_id(), kind=TaskKind.RECORDING, dialect=dialect, room=spec.room,
-            user_id=spec.robot_user_id, state=TaskState.IDLE, spec=json.dumps(to_plain(spec)),
-            created_at=now, expires_at=now + lifetime_hours * 3600,
-        )
+        task = recording_record(spec, dialect=dialect, now=now, expires_at=now + lifetime_hours * 3600)
         # A robot UserId already recording this room is displaced by the newcomer (LeaveCode 101),
         # only if the newcomer is accepted.
         await self.store.create_task(task, max_alive=self._max_concurrent(spec.room.app_id), displace=StopReason.DISPLACED)

@@ -27,6 +27,7 @@ class TaskRecord:
     worker_id: str | None = None
     heartbeat_at: float | None = None
     error: str | None = None
+    not_before: float = 0.0  # unix s: no worker claims the task before (a scheduled recording)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

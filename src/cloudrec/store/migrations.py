@@ -66,12 +66,25 @@ def _v5_schedules_templates(conn: Connection) -> None:
             index.create(conn, checkfirst=True)
 
 
+def _v6_task_not_before(conn: Connection) -> None:
+    """Claims filter on the task's own `not_before` (was: a scan of the CSS schedules), with an index
+    for the claim scan. A fresh database got the column from `_v1_initial`."""
+    if "not_before" not in {c["name"] for c in sa.inspect(conn).get_columns("tasks")}:
+        conn.execute(sa.text("ALTER TABLE tasks ADD COLUMN not_before FLOAT NOT NULL DEFAULT 0"))
+        s = tables.schedules
+        starts = sa.select(s.c.start_s).where(s.c.task_id == tables.tasks.c.id).scalar_subquery()
+        conn.execute(tables.tasks.update().where(tables.tasks.c.id.in_(sa.select(s.c.task_id))).values(not_before=starts))
+    for index in tables.tasks.indexes:
+        index.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1_initial),
     (2, _v2_event_delivery),
     (3, _v3_uploads),
     (4, _v4_nonces),
     (5, _v5_schedules_templates),
+    (6, _v6_task_not_before),
 ]
 
 

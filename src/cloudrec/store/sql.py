@@ -50,6 +50,7 @@ def _task_from_row(row: Any) -> TaskRecord:
         worker_id=row.worker_id,
         heartbeat_at=row.heartbeat_at,
         error=row.error,
+        not_before=row.not_before,
     )
 
 
@@ -120,7 +121,7 @@ class SqlTaskStore:
                 id=task.id, kind=task.kind.value, dialect=task.dialect, app_id=task.room.app_id,
                 room_id=task.room.room_id, room_id_type=int(task.room.id_type), user_id=task.user_id,
                 state=task.state.value, spec=task.spec, spec_version=task.spec_version,
-                created_at=task.created_at, expires_at=task.expires_at,
+                created_at=task.created_at, expires_at=task.expires_at, not_before=task.not_before,
             )
         )
 
@@ -165,7 +166,7 @@ class SqlTaskStore:
                     sa.select(t.c.id, t.c.worker_id).where(
                         t.c.state.in_(_ALIVE),
                         sa.or_(t.c.worker_id.is_(None), t.c.heartbeat_at < now - stale_after),
-                        sa.or_(t.c.stop_requested.is_not(None), t.c.id.not_in(self._not_due(now))),
+                        sa.or_(t.c.stop_requested.is_not(None), t.c.not_before <= now + CLAIM_LEAD_SECONDS),
                     ).limit(limit)
                 )
             ).all()
@@ -455,12 +456,6 @@ class SqlTaskStore:
         return {(str(r[0]), str(r[1])): int(r[2]) for r in rows}
 
     # --- scheduled recordings, templates and rules (migration 5) --------------------------------------
-    @staticmethod
-    def _not_due(now: float) -> sa.Select[tuple[str]]:
-        """Scheduled tasks whose window has not begun: nobody claims them yet."""
-        s = tables.schedules
-        return sa.select(s.c.task_id).where(s.c.start_s > now + CLAIM_LEAD_SECONDS)
-
     async def create_scheduled(self, task: TaskRecord, schedule: ScheduleRecord, *, max_alive: int,
                                max_overlap: int) -> None:
         """Insert the task and its window in one transaction. LimitReached (reason "concurrency") when

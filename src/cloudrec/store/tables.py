@@ -28,8 +28,10 @@ tasks = sa.Table(
     sa.Column("worker_id", sa.String(64)),
     sa.Column("heartbeat_at", sa.Float),
     sa.Column("error", sa.Text),
+    sa.Column("not_before", sa.Float, nullable=False, default=0.0),  # unix s: not claimed before (migration 6)
 )
 sa.Index("tasks_app_state", tasks.c.app_id, tasks.c.kind, tasks.c.state)
+sa.Index("tasks_claim", tasks.c.state, tasks.c.worker_id, tasks.c.not_before)  # the workers' claim scan
 
 files = sa.Table(
     "files",
