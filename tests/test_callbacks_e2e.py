@@ -96,6 +96,13 @@ def outbox(server: Server, task: str, *, file_stored: bool = False) -> list[tupl
         return [r for r in rows if file_stored or r[1] != "file_stored"]
 
 
+def wait_delivered(server: Server, task: str) -> None:
+    """Every event of the task marked delivered. The receiver sees a request before the server has its
+    answer and commits the state, so the outbox is read until it agrees (or the wait fails)."""
+    wait_for(lambda: {state for _, _, state, _ in outbox(server, task)} == {"delivered"}, 10,
+             what="the outbox to record every delivery")
+
+
 @pytest.fixture(scope="module")
 def media_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with served_samples(tmp_path_factory.mktemp("media"), ["alice", "bob", "carol"], 30) as url:
@@ -176,6 +183,7 @@ def test_recording_reports_every_event_in_order_signed(cb_server: Server, receiv
         assert c["TencentVod"]["TrackType"] in ("audio", "video") and c["TencentVod"]["FileId"].isdigit()
     # The outbox agrees: everything delivered, once each (nothing failed here).
     for task in (mixed, vod):
+        wait_delivered(cb_server, task)
         assert {(state, attempts) for _, _, state, attempts in outbox(cb_server, task)} == {("delivered", 1)}
         # TRTC reports no file one by one: its tasks write no per-file (file_stored) events at all.
         assert [kind for _, kind, _, _ in outbox(cb_server, task, file_stored=True) if kind == "file_stored"] == []
@@ -213,7 +221,7 @@ def test_receiver_down_then_up_loses_nothing(cb_server: Server, receivers: dict[
         assert len({g.event_type for g in gs}) == 1
         attempts = [int(g.headers["x-cloudrec-attempt"]) for g in gs]
         assert attempts == sorted(attempts) and len(set(attempts)) == len(attempts)
-    assert {state for _, _, state, _ in outbox(cb_server, task)} == {"delivered"}
+    wait_delivered(cb_server, task)
 
 
 def test_hanging_receiver_delays_neither_recording_nor_other_apps(cb_server: Server, receivers: dict[int, Receiver],
@@ -267,7 +275,7 @@ def test_restart_delivers_what_was_left(tmp_path: Path, media_url: str) -> None:
             wait_for(lambda: rec.types(task)[-1:] == [310], 15, what="delivery after the restart")
             assert rec.types(task) == [301, 303, 302, 305, 310]
             assert all(g.signed_with(KEYS[DOWN_APP]) for g in rec.got)
-            assert {state for _, _, state, _ in outbox(again, task)} == {"delivered"}
+            wait_delivered(again, task)
     finally:
         rec.close()
 

@@ -417,3 +417,33 @@ def test_sender_report_mapping_follows_drifting_rtp_clocks_without_jumps() -> No
     # publisher offset, ≤ 1 % each) and the pts rounding
     steps = np.diff(a_room[a_t > 1])
     assert np.all(np.abs(steps - 0.02) < 0.02 * 0.021 + 2 / 48_000), (steps.min(), steps.max())
+
+
+def test_a_late_first_packet_does_not_place_a_track_late_before_the_first_sender_report() -> None:
+    """A publisher's first audio packet is held up 60 ms (a busy moment at join), the ones queued
+    behind it come in a burst. Until an SR ties the tracks, each is placed by arrival: by its least
+    delayed packet, so audio and video of the same instant still land together, not 60 ms apart."""
+    from cloudrec.rooms.whip import _PublisherClock, _TrackClock
+
+    publisher = _PublisherClock()
+    clocks = {"audio": _TrackClock(publisher, 48_000), "video": _TrackClock(publisher, 90_000)}
+    rates = {"audio": 48_000, "video": 90_000}
+    origin = {"audio": 987_654, "video": 3_000_000}
+    events: list[tuple[float, str, float]] = []
+    for kind, step in (("audio", 0.02), ("video", 1 / 30)):
+        for t in np.arange(0, 1.5, step):
+            arrival = t + 0.01
+            if kind == "audio":
+                arrival = max(arrival, 0.07)  # the first packets all wait until 70 ms
+            events.append((float(arrival), kind, float(t)))
+    events.sort()
+    placed: dict[str, list[tuple[float, float]]] = {"audio": [], "video": []}
+    last = {"audio": -1, "video": -1}
+    for arrival, kind, t in events:
+        pts = clocks[kind].pts(int(origin[kind] + round(t * rates[kind])), 100.0 + arrival)
+        assert pts > last[kind]
+        last[kind] = pts
+        placed[kind].append((t, pts / rates[kind] - 100.0 - t))
+    for kind in ("audio", "video"):
+        after = [lag for t, lag in placed[kind] if t >= 0.1]
+        assert max(abs(lag - 0.01) for lag in after) < 0.001, (kind, min(after), max(after))

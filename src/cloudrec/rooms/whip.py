@@ -22,7 +22,9 @@ copy (MEDIA.md §2):
   Every codec here is decodable by `cloudrec.media.decode.Decoder` from its `StreamInfo`.
 
 Timing (MEDIA.md §1): each track unwraps its RTP timestamps; until an RTCP sender report arrives a
-track is anchored at the arrival time of its first packet; the first SR of the publisher fixes one
+track is anchored at the arrival time of its least-delayed packet of the first `ANCHOR_WINDOW`
+seconds (a first packet held up behind a busy moment, then handed over in a burst with the ones
+queued after it, would otherwise place the track late until the SR); the first SR of the publisher fixes one
 offset (sender NTP → room clock) for all its tracks, chosen so that track continues without a jump;
 every track then follows its SR line (`rooms.clock.SenderReportMap`: RTP → sender NTP, rate fitted
 from the first and latest SR, changes slewed) plus that offset, which restores the publisher's own
@@ -95,6 +97,7 @@ VIDEO_RATE = 90_000
 OPUS_RATE = 48_000
 MEDIA_TIMEOUT = 15.0  # seconds without any RTP before a publisher is dropped
 PLI_INTERVAL = 1.0  # seconds between keyframe requests while one is awaited
+ANCHOR_WINDOW = 2.0  # seconds of a track's first arrivals its pre-SR anchor is the least delayed of
 POLL_SECONDS = 0.01  # how often a viewer track looks for new units
 MAX_OFFER_BYTES = 64 * 1024
 
@@ -159,7 +162,8 @@ class _TrackClock:
         self.publisher = publisher
         self.rate = rate
         self._last_ext: int | None = None
-        self._anchor: tuple[int, float] | None = None  # (ext rtp, room seconds) from arrival
+        self._first_arrival: float | None = None
+        self._lag: float | None = None  # least arrival − ext/rate seen in the anchor window
         self._sr = SenderReportMap(rate)  # ext rtp → sender NTP seconds, from this track's SRs
         self._last_pts: int | None = None
 
@@ -185,14 +189,26 @@ class _TrackClock:
         self._sr.on_report(ext, ntp_seconds)
 
     def _anchored(self, ext: int) -> float:
-        assert self._anchor is not None
-        return self._anchor[1] + (ext - self._anchor[0]) / self.rate
+        assert self._lag is not None
+        return ext / self.rate + self._lag
+
+    def _observe_arrival(self, ext: int, arrival: float) -> None:
+        # Delays only ever add to a packet's lag, so the least one is the cleanest view of the
+        # sender's instant; the anchor only moves earlier, and only in the first seconds (later on the
+        # SR and the drift tracker own the timing, and a sender with no SR keeps a fixed anchor).
+        if self._first_arrival is None:
+            self._first_arrival = arrival
+        elif arrival - self._first_arrival > ANCHOR_WINDOW:
+            return
+        lag = arrival - ext / self.rate
+        if self._lag is None or lag < self._lag:
+            self._lag = lag
 
     def pts(self, ts: int, arrival: float) -> int:
         """Room-clock pts (in 1/rate) of an RTP timestamp; strictly increasing per track."""
         ext = self._extend(ts)
-        if self._anchor is None:
-            self._anchor = (ext, arrival)
+        if not self.aligned:
+            self._observe_arrival(ext, arrival)
         if self._last_ext is None or ext > self._last_ext:
             self._last_ext = ext
         if self.aligned:
