@@ -29,6 +29,10 @@ logger = logging.getLogger(__name__)
 OPEN_TIMEOUT = 10.0  # seconds to open a URL and between reads
 LIVE_SCHEMES = frozenset({"rtmp", "rtmps", "rtsp"})
 LIVE_PROBE_MICROSECONDS = 1_000_000
+# A packet is published once it is due within this many seconds: the thread wakes ~25 times a second
+# instead of once per packet (audio alone is ~47 a second); units carry their own timestamps, so a
+# recorder sees the same times, only up to this much earlier.
+PACE_SECONDS = 0.04
 
 
 class IngestEnd(Enum):
@@ -115,6 +119,9 @@ class IngestPublisher:
             tracks = self._tracks({container.streams[i]: k for i, k in chosen.items()})
             origin: float | None = None  # source seconds that map to `start`
             end = start
+            # Per stream: (seconds per tick, room-clock shift in ticks, track, info); float arithmetic,
+            # since Fractions cost more than the rest of a packet's handling.
+            timing: dict[int, tuple[float, int, Track, StreamInfo]] = {}
             try:
                 for packet in container.demux([container.streams[i] for i in chosen]):
                     if stop.is_set():
@@ -122,32 +129,33 @@ class IngestPublisher:
                     if self.connection is not None and not self.connection.present:
                         logger.info("ingest user left the room", extra={"user_id": self.spec.user_id})
                         return IngestEnd.REMOVED
-                    if self.clock() >= deadline:
+                    now = self.clock()
+                    if now >= deadline:
                         return IngestEnd.MAX_DURATION
-                    if packet.size == 0 or packet.time_base is None:
+                    dts = packet.dts if packet.dts is not None else packet.pts
+                    if packet.size == 0 or dts is None:
                         continue
-                    stamps = [v for v in (packet.dts, packet.pts) if v is not None]
-                    if not stamps:
-                        continue
-                    tb = packet.time_base
-                    dts = stamps[0]
+                    index = packet.stream.index
+                    stream_timing = timing.get(index)
+                    if stream_timing is None:
+                        tb = packet.time_base
+                        if tb is None:
+                            continue
+                        if origin is None:
+                            origin = float(dts * tb)
+                        kind = chosen[index]
+                        stream_timing = timing[index] = (float(tb), round((start - origin) / tb), tracks[kind], self._infos[kind])
+                    tick, shift, track, info = stream_timing
+                    assert origin is not None
                     pts = packet.pts if packet.pts is not None else dts
-                    if origin is None:
-                        origin = float(dts * tb)
-                    at = start + float(dts * tb) - origin
-                    wait = at - self.clock()
-                    if wait > 0:
-                        if stop.wait(wait):
-                            return IngestEnd.STOPPED
-                    shift = round((start - origin) / tb)
-                    kind = chosen[packet.stream.index]
-                    unit = MediaUnit(
-                        data=bytes(packet), pts=pts + shift, dts=dts + shift, duration=packet.duration or 0,
-                        key=packet.is_keyframe, info=self._infos[kind],
-                    )
-                    tracks[kind].publish(unit)
+                    wait = start + dts * tick - origin - now
+                    if wait > PACE_SECONDS and stop.wait(wait):
+                        return IngestEnd.STOPPED
+                    duration = packet.duration or 0
+                    track.publish(MediaUnit(data=bytes(packet), pts=pts + shift, dts=dts + shift, duration=duration,
+                                            key=packet.is_keyframe, info=info))
                     self.units += 1
-                    end = max(end, start + float((pts + (packet.duration or 0)) * tb) - origin)
+                    end = max(end, start + (pts + duration) * tick - origin)
             except av.error.FFmpegError as exc:
                 logger.warning("ingest source read error", extra={"user_id": self.spec.user_id, "error": str(exc)})
                 if origin is None:
