@@ -100,8 +100,12 @@ def render(results: list[dict]) -> str:
             lines += ["", f"## {r['title']}", "",
                       f"Median **{r['median_ms']} ms** over {len(r['rounds_ms'])} rounds "
                       f"({', '.join(str(x) for x in r['rounds_ms'])} ms). Goal: {r['goal']}. Measured {r['measured_at']}.",
-                      "It includes the mixer's latency window (`[media] latency_ms`, 300 by default): the picture for task",
-                      "time 0 is composed once the window has passed, so late packets can still make it in."]
+                      "The mixer composes task time 0 as soon as every publisher has sent media 50 ms past it",
+                      "(`[media] latency_ms`, 300 by default, is the limit for a late one): media from the call on is",
+                      "in the recording from then. Its encoded packet reaches the file later, after x264's lookahead",
+                      "(rc-lookahead 10 at veryfast): median "
+                      + (f"**{r['written_median_ms']} ms** ({', '.join(str(x) for x in r['written_rounds_ms'])} ms)."
+                         if "written_median_ms" in r else "not measured in this run.")]
     for r in results:
         if r["name"] == "whip_single":
             lines += render_whip(r)

@@ -361,3 +361,42 @@ def test_source_stops_fill_type(tmp_path: Path, fill_type: FillType) -> None:
     tail = out.audio[:, int((STOP_AT + 0.5) * out.audio_rate):]
     spectrum = peaks(tail, out.audio_rate, 1)
     assert abs(spectrum[0] - TONES[0]) < 5
+
+
+def test_output_goes_out_once_every_source_is_past_it_and_the_latency_window_is_only_a_limit(tmp_path: Path) -> None:
+    """alice publishes from the start, bob only from 1.5 s, with a 3 s latency window. Nothing goes out
+    while bob has sent nothing (he may still be on his way); once both are past a time it goes out
+    without waiting out the window, and bob's first frames are not late for it."""
+    W, H, LATENCY, BOB_FROM, RUN = 320, 180, 3.0, 1.5, 4.0
+    t0 = time.monotonic()
+    vsrc = [QueueSource() for _ in range(2)]
+    asrc = [QueueSource() for _ in range(2)]
+    feeder = Feeder([(source_media(0), vsrc[0], asrc[0], t0, 1e10), (source_media(1), vsrc[1], asrc[1], t0 + BOB_FROM, 1e10)])
+    sink = make_sink(tmp_path)
+    pipe = MixedPipeline(video=VideoEncoding(width=W, height=H, fps=FPS, gop_seconds=1), audio=AudioEncoding(),
+                         layout=Layout(mode=LayoutMode.GRID), fill_type=FillType.LAST_FRAME, sinks=[sink], t0=t0,
+                         latency=LATENCY)
+    users = USERS[:2]
+    pipe.update(participants=participants(users), video={(u, TrackKind.MAIN): vsrc[i] for i, u in enumerate(users)},
+                audio={u: asrc[i] for i, u in enumerate(users)})
+    seen: dict[float, tuple[int, int]] = {}
+
+    def look(at: float) -> Callable[[], None]:
+        return lambda: seen.__setitem__(at, (pipe.stats.frames_out, pipe.stats.samples_out))
+
+    run_pipeline(pipe, feeder, RUN, t0, [(1.2, look(1.2)), (2.6, look(2.6))])
+
+    assert seen[1.2] == (0, 0)  # bob has sent nothing yet: the window holds everything back
+    frames, samples = seen[2.6]  # the 3 s window alone would still hold everything back here
+    assert frames >= 15 and samples >= 15 * RATE // FPS, seen
+    stats = pipe.stats
+    assert stats.first_output_at is not None and stats.first_output_at - t0 < LATENCY
+    assert stats.first_written_at is not None and stats.first_written_at >= stats.first_output_at
+    assert stats.late_units == 0 and stats.skipped_frames == 0
+    out = read_output(tmp_path / sink.files[0])
+    times = np.array([t for t, _ in out.frames])
+    assert np.allclose(np.diff(times), 1 / FPS, atol=1e-3)  # the burst at 1.5 s left no gap
+    right = (H // 2, 3 * W // 4)
+    for t, rgb in out.frames:
+        if t - out.frames[0][0] >= BOB_FROM + 0.2:
+            assert close_to(rgb[right], COLOURS[1]), (t, rgb[right])

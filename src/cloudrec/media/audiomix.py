@@ -146,6 +146,11 @@ class AudioMixer:
         self.stretched += change
         return out
 
+    def buffered_until(self, source_id: str) -> int | None:
+        """Sample position just after the last sample `source_id` delivered (None: nothing yet)."""
+        src = self._sources.get(source_id)
+        return src.end if src is not None else None
+
     def pending(self, source_id: str) -> int:
         """Samples of `source_id` buffered at or after the cursor."""
         src = self._sources.get(source_id)

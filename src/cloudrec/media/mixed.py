@@ -1,7 +1,10 @@
 """`MixedPipeline`: a room's subscribed tracks → one composited picture and one audio mix.
 
 The pipeline is a thread body (`run`). Each loop it drains every subscribed track, decodes, and
-produces output for task time T at monotonic time `t0 + T + latency` (MEDIA.md §1): video ticks
+produces output for task time T at monotonic time `t0 + T + latency` (MEDIA.md §1) at the latest,
+and sooner once every live source has delivered media `READY_MARGIN` past T (nothing later can
+belong there then, short of reordering; the window is a deadline for late sources, not a delay for
+all, so a recording shows its first picture a frame or two after it starts): video ticks
 T_n = n / fps show, per tile, the decoded frame whose task time is nearest to T_n; audio is pulled
 from the mixer in encoder-sized chunks so that its sample count is always elapsed × rate. Each
 rendition is encoded once and the same units are written to every sink.
@@ -37,7 +40,7 @@ from cloudrec.core.spec import AudioEncoding, FillType, Layout, TrackKind, Video
 from cloudrec.media.audiomix import AudioMixer
 from cloudrec.media.compositor import Compositor, Fill
 from cloudrec.media.decode import Decoder
-from cloudrec.media.encoder import AudioEncoder, VideoEncoder
+from cloudrec.media.encoder import AudioEncoder, VideoEncoder, encoder_threads
 from cloudrec.media.overlay import Fonts
 from cloudrec.media.picture import Picture
 from cloudrec.media.timing import from_pts, samples_until, ticks_until, unit_task_time
@@ -48,6 +51,7 @@ MAX_QUEUED_FRAMES = 30  # decoded frames kept per video source ahead of the outp
 MAX_IDLE_WAIT = 0.02  # seconds the loop sleeps at most between drains
 MAX_BEHIND_SECONDS = 0.5  # video further behind than this skips ticks
 LATE_TOLERANCE = 0.001  # seconds
+READY_MARGIN = 0.05  # seconds every source must be past a time before it is output early (reordering)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -58,7 +62,8 @@ class MixStats:
     samples_out: int = 0  # audio samples encoded
     late_units: int = 0  # units before task zero or behind the latency window
     first_frame_at: float | None = None  # clock() when the first publisher media was decoded
-    first_output_at: float | None = None  # clock() when the first picture showing a publisher was encoded
+    first_output_at: float | None = None  # clock() when the first picture showing a publisher went to the encoder
+    first_written_at: float | None = None  # … and when the encoder's packet of it reached the sinks (after x264's lookahead)
     dropped: int = 0  # units lost in subscriber queues + decoded frames over the per-source cap
     skipped_frames: int = 0  # video ticks skipped because the pipeline fell behind
     decode_errors: int = 0
@@ -138,6 +143,8 @@ class MixedPipeline:
         self._skipped = 0
         self._first_at: float | None = None
         self._first_output_at: float | None = None
+        self._first_output_tick: int | None = None
+        self._first_written_at: float | None = None
         self._video_done = -math.inf  # task time of the last video tick produced
         self._audio_done = 0.0  # task time up to which audio was pulled from the mixer
         # Interleaving: audio units wait until video up to their time has been written, so every
@@ -181,7 +188,7 @@ class MixedPipeline:
     # -- thread body ----------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        venc = VideoEncoder(self._video_enc) if self._video_enc is not None else None
+        venc = VideoEncoder(self._video_enc, threads=encoder_threads(self._video_enc)) if self._video_enc is not None else None
         aenc = AudioEncoder(self._audio_enc) if self._audio_enc is not None else None
         comp = None
         if self._video_enc is not None:
@@ -211,16 +218,18 @@ class MixedPipeline:
                 out_until = now - self._t0 - self._latency  # task time output is due up to
                 if venc is not None and comp is not None:
                     due = ticks_until(out_until, fps)
-                    behind = due - tick
+                    behind = due - tick  # behind the deadline, not the sources: early output is optional
                     if behind > max(2, math.ceil(MAX_BEHIND_SECONDS * fps)):
                         self._skipped += behind - 1
                         logger.warning("video behind; ticks skipped", extra={"skipped": behind - 1})
                         tick = due - 1
+                    due = max(due, ticks_until(self._video_ready() - READY_MARGIN, fps))
                     while tick < due:
                         self._emit_video(tick, fps, venc, comp, v_index)
                         tick += 1
                 if aenc is not None and mixer is not None:
-                    self._emit_audio(samples_until(out_until, rate), aenc, mixer, a_index, partial=False)
+                    audio_until = max(out_until, self._audio_ready(mixer) - READY_MARGIN)
+                    self._emit_audio(samples_until(audio_until, rate), aenc, mixer, a_index, partial=False)
                 self._publish_stats()
                 # Sleep until the next tick or audio chunk is due (bounded, so sources are drained).
                 nxt = math.inf
@@ -345,6 +354,27 @@ class MixedPipeline:
             if mixer is not None:
                 mixer.remove(user_id)
 
+    def _video_ready(self) -> float:
+        """Task time every live video source has delivered frames up to (-inf: one has none yet,
+        or there is no source: output waits for the latency window)."""
+        ready = math.inf
+        for vt in self._video.values():
+            if vt.source.ended:
+                continue  # nothing more will come: it holds nothing back
+            newest = vt.queue[-1][0] if vt.queue else vt.held[0] if vt.held is not None else -math.inf
+            ready = min(ready, newest)
+        return ready if ready != math.inf else -math.inf
+
+    def _audio_ready(self, mixer: AudioMixer) -> float:
+        """Task time every live audio source has delivered samples up to (as `_video_ready`)."""
+        ready = math.inf
+        for user_id, at in self._audio.items():
+            if at.source.ended:
+                continue
+            end = mixer.buffered_until(user_id)
+            ready = min(ready, end / mixer.sample_rate if end is not None else -math.inf)
+        return ready if ready != math.inf else -math.inf
+
     def _frame_task_time(self, frame: av.VideoFrame | av.AudioFrame) -> float | None:
         if frame.pts is None or frame.time_base is None:
             return None
@@ -413,6 +443,7 @@ class MixedPipeline:
         self._frames_out += 1
         if self._first_output_at is None and any(isinstance(f, av.VideoFrame) for f in frames.values()):
             self._first_output_at = self._clock()
+            self._first_output_tick = tick
 
     def _emit_audio(self, target: int, aenc: AudioEncoder, mixer: AudioMixer, index: int, *, partial: bool) -> None:
         size = aenc.frame_size
@@ -430,6 +461,8 @@ class MixedPipeline:
         for unit in units:
             self._write(index, unit)
             self._video_written_until = from_pts(unit.dts, unit.info.time_base)
+            if self._first_written_at is None and self._first_output_tick is not None and unit.pts >= self._first_output_tick:
+                self._first_written_at = self._clock()
         if units:
             self._release_audio(1)
 
@@ -457,6 +490,7 @@ class MixedPipeline:
             late_units=self._late,
             first_frame_at=self._first_at,
             first_output_at=self._first_output_at,
+            first_written_at=self._first_written_at,
             dropped=dropped,
             skipped_frames=self._skipped,
             decode_errors=errors,

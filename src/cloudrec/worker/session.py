@@ -343,19 +343,24 @@ class RecordingSession(Session):
             self.dropped_reported = dropped
 
     def _note_first_frame(self) -> None:
-        """Once: how long after CreateCloudRecording the mix encoded its first picture of a publisher
-        (the start latency users see; `cloudrec_start_seconds` sums them for /metrics)."""
+        """Once each: how long after CreateCloudRecording the mix composed its first picture of a
+        publisher (the start latency users see: media from then on is in the recording;
+        `cloudrec_start_seconds`), and how long until the encoder wrote it (x264's lookahead holds
+        ~10 frames back; `cloudrec_start_written_seconds`)."""
         if self.mix is None or self.first_frame_noted:
             return
-        at = self.mix.pipeline.stats.first_output_at
-        if at is None:
+        stats = self.mix.pipeline.stats
+        if stats.first_output_at is None or stats.first_written_at is None:
             return
         self.first_frame_noted = True
-        seconds = time.time() - (time.monotonic() - at) - self.task.created_at
-        logger.info("mix first frame", extra={**self.log, "since_create_ms": round(seconds * 1000)})
+        since = {name: time.time() - (time.monotonic() - at) - self.task.created_at
+                 for name, at in (("start", stats.first_output_at), ("start_written", stats.first_written_at))}
+        logger.info("mix first frame", extra={**self.log, "since_create_ms": round(since["start"] * 1000),
+                                              "written_since_create_ms": round(since["start_written"] * 1000)})
         if self.config.metrics is not None:
-            self.config.metrics.inc("cloudrec_start_seconds_sum", seconds)
-            self.config.metrics.inc("cloudrec_start_seconds_count")
+            for name, seconds in since.items():
+                self.config.metrics.inc(f"cloudrec_{name}_seconds_sum", seconds)
+                self.config.metrics.inc(f"cloudrec_{name}_seconds_count")
 
     # --- what to record -----------------------------------------------------------------------
     def _wanted(self, snapshot: RoomSnapshot) -> dict[tuple[str, TrackKind], Track]:
