@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +54,20 @@ MAX_IDLE_WAIT = 0.02  # seconds the loop sleeps at most between drains
 MAX_BEHIND_SECONDS = 0.5  # video further behind than this skips ticks
 LATE_TOLERANCE = 0.001  # seconds
 READY_MARGIN = 0.05  # seconds every source must be past a time before it is output early (reordering)
+CATCHUP_UNITS = 8  # video units drained at once that make a backlog worth decoding beside the others
+AUDIO_PRIME_SECONDS = 0.1  # audio before task zero decoded only this far back (decoder state, not output)
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _catchup_pool() -> ThreadPoolExecutor:
+    """Threads shared by every mix of the process for decoding subscription backlogs side by side."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="mix-catchup")
+        return _pool
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -319,16 +335,32 @@ class MixedPipeline:
         tt = unit_task_time(unit, self._t0) + LATE_TOLERANCE  # pts rounding is not lateness
         return tt < 0 or tt < done_until
 
+    def _decode_video(self, vt: _VideoTrack, units: list[MediaUnit]) -> list[av.VideoFrame]:
+        """Decode one track's units (touches only `vt`: may run on a catch-up thread)."""
+        frames: list[av.VideoFrame] = []
+        for unit in units:
+            vt.decoder = self._decoder(vt.decoder, unit)
+            if vt.decoder is not None:
+                frames.extend(f for f in vt.decoder.decode(unit) if isinstance(f, av.VideoFrame))
+        return frames
+
     def _ingest(self, mixer: AudioMixer | None, *, flush: bool = False) -> None:
-        for vt in self._video.values():
-            units = vt.source.drain()
-            frames: list[av.VideoFrame] = []
-            for unit in units:
-                if self._is_late(unit, self._video_done):
-                    self._late += 1  # still decoded: later frames may reference it
-                vt.decoder = self._decoder(vt.decoder, unit)
-                if vt.decoder is not None:
-                    frames.extend(f for f in vt.decoder.decode(unit) if isinstance(f, av.VideoFrame))
+        drained = [(vt, vt.source.drain()) for vt in self._video.values()]
+        for _, units in drained:
+            # late ones are still decoded: later frames may reference them
+            self._late += sum(1 for unit in units if self._is_late(unit, self._video_done))
+        # A new subscription brings the GOP since the last keyframe (up to seconds of frames per user):
+        # several such backlogs are decoded side by side, so the first picture waits for the longest
+        # one rather than for their sum. Decoders release the GIL; each track is on one thread.
+        backlogs = [(vt, units) for vt, units in drained if len(units) >= CATCHUP_UNITS]
+        caught_up: dict[int, list[av.VideoFrame]] = {}
+        if len(backlogs) > 1:
+            results = _catchup_pool().map(lambda backlog: self._decode_video(*backlog), backlogs)
+            caught_up = {id(vt): frames for (vt, _), frames in zip(backlogs, results)}
+        for vt, units in drained:
+            frames = caught_up.get(id(vt))
+            if frames is None:
+                frames = self._decode_video(vt, units)
             if vt.decoder is not None and (flush or (vt.source.ended and not vt.flushed)):
                 vt.flushed = vt.source.ended
                 frames.extend(f for f in vt.decoder.flush() if isinstance(f, av.VideoFrame))
@@ -339,6 +371,8 @@ class MixedPipeline:
             for unit in units:
                 if self._is_late(unit, self._audio_done):
                     self._late += 1  # the mixer drops what was already pulled
+                    if unit_task_time(unit, self._t0) < -AUDIO_PRIME_SECONDS:
+                        continue  # the room's cached seconds before task zero: only the last moments prime the decoder
                 at.decoder = self._decoder(at.decoder, unit)
                 if at.decoder is None:
                     continue
