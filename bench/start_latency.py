@@ -84,7 +84,7 @@ def main(results: Path) -> dict[str, Any]:
             service.stop()
     result = {
         "name": "start_latency",
-        "title": "CreateCloudRecording → first encoded mixed picture of a publisher (4 RTMP publishers, 2×2 720p15)",
+        "title": "CreateCloudRecording → first composed mixed picture of a publisher (4 RTMP publishers, 2×2 720p15)",
         "rounds_ms": [round(x * 1000) for x in latencies],
         "median_ms": round(statistics.median(latencies) * 1000),
         "written_rounds_ms": [round(x * 1000) for x in written],
