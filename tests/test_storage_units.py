@@ -133,6 +133,29 @@ def test_playlist_is_published_up_to_the_first_missing_segment() -> None:
     assert closed(live) == PLAYLIST and closed(PLAYLIST) == PLAYLIST
 
 
+async def uploading_task(tmp_path: Path, task_id: str, spec: RecordingSpec,
+                         *endpoints: EndpointRule) -> tuple[TaskRecord, SqlTaskStore, Uploader]:
+    """A recording task in a fresh SQLite store, and a started uploader that routes by `endpoints`."""
+    now = time.time()
+    task = TaskRecord(id=task_id, kind=TaskKind.RECORDING, dialect="trtc", room=spec.room, user_id="rec",
+                      state=TaskState.IN_PROGRESS, spec=json.dumps(to_plain(spec)), created_at=now, expires_at=now + 3600)
+    store = SqlTaskStore(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
+    await store.start()
+    await store.create_task(task)
+    router = StorageRouter(StorageConfig(storage_dir=tmp_path / "storage", spool_dir=tmp_path / "spool", endpoints=endpoints))
+    uploader = Uploader(store, router, UploaderConfig(node="n1", poll_seconds=0.1))
+    await uploader.start()
+    return task, store, uploader
+
+
+async def put_files(store: SqlTaskStore, task_id: str, events: list[FileEvent], *, upload_all: bool = False) -> None:
+    """What the session does with each file event: a file row, queued for upload once final (or a playlist)."""
+    for fe in events:
+        await store.put_file(task_id, FileRecord(name=fe.name, kind=fe.kind, track_type=fe.track_type, user_id=fe.user_id,
+                                                 media=fe.media, begin_ms=fe.begin_ms, end_ms=fe.end_ms, final=fe.final),
+                             upload_on="n1" if upload_all or fe.final or fe.kind == "playlist" else None)
+
+
 async def test_split_files_reach_the_bucket_with_a8_names(moto: str, tmp_path: Path) -> None:
     """Real sinks rotate MP4s (`MaxMediaFileDuration`'s mechanism, 3 s here) and cut HLS segments
     into the spool; the uploader stores them under `<prefix…>/<TaskId>/` with the same names."""
@@ -142,16 +165,10 @@ async def test_split_files_reach_the_bucket_with_a8_names(moto: str, tmp_path: P
                          storage=StorageTarget(vendor="s3", region="ap-tokyo", bucket="splits", prefix=("p1", "p2"),
                                                access_key=ACCESS_KEY, secret_key=SECRET_KEY))
     now = time.time()
-    task = TaskRecord(id="task-split", kind=TaskKind.RECORDING, dialect="trtc", room=room, user_id="rec",
-                      state=TaskState.IN_PROGRESS, spec=json.dumps(to_plain(spec)), created_at=now, expires_at=now + 3600)
-    store = SqlTaskStore(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
-    await store.start()
-    await store.create_task(task)
-    router = StorageRouter(StorageConfig(storage_dir=tmp_path / "storage", spool_dir=tmp_path / "spool", endpoints=(
+    task, store, uploader = await uploading_task(
+        tmp_path, "task-split", spec,
         EndpointRule(vendor="0", region="*", endpoint_url="http://127.0.0.1:9"),  # COS only: must not match
-        EndpointRule(vendor="1", region="ap-tokyo", bucket="splits", endpoint_url=moto))))
-    uploader = Uploader(store, router, UploaderConfig(node="n1", poll_seconds=0.1))
-    await uploader.start()
+        EndpointRule(vendor="1", region="ap-tokyo", bucket="splits", endpoint_url=moto))
     dest = uploader.destination(spec.storage, task.id)
     assert not dest.in_place and dest.key_prefix == "p1/p2/task-split/"
     events: list[FileEvent] = []
@@ -166,19 +183,14 @@ async def test_split_files_reach_the_bucket_with_a8_names(moto: str, tmp_path: P
     for index, unit in interleave(video, audio):
         for sink in sinks:
             sink.write(index, unit)
-        for fe in events:  # what the session does with each file event
-            await store.put_file(task.id, FileRecord(name=fe.name, kind=fe.kind, track_type=fe.track_type, user_id=fe.user_id,
-                                                     media=fe.media, begin_ms=fe.begin_ms, end_ms=fe.end_ms, final=fe.final),
-                                 upload_on="n1" if fe.final or fe.kind == "playlist" else None)
+        await put_files(store, task.id, events)
+        if events:
             uploader.wake(task.id)
         events.clear()
         await asyncio.sleep(0)
     for sink in sinks:
         sink.close()
-    for fe in events:
-        await store.put_file(task.id, FileRecord(name=fe.name, kind=fe.kind, track_type=fe.track_type, user_id=fe.user_id,
-                                                 media=fe.media, begin_ms=fe.begin_ms, end_ms=fe.end_ms, final=fe.final),
-                             upload_on="n1")
+    await put_files(store, task.id, events, upload_all=True)
     finished = await uploader.finish_task(task.id, wait_seconds=30)
     await uploader.stop()
     await store.stop()
@@ -273,15 +285,8 @@ async def test_a_playlist_that_goes_on_is_published_again(moto: str, tmp_path: P
                          storage=StorageTarget(vendor="s3", region="ap-tokyo", bucket="again", access_key=ACCESS_KEY,
                                                secret_key=SECRET_KEY))
     now = time.time()
-    task = TaskRecord(id="task-again", kind=TaskKind.RECORDING, dialect="trtc", room=room, user_id="rec",
-                      state=TaskState.IN_PROGRESS, spec=json.dumps(to_plain(spec)), created_at=now, expires_at=now + 3600)
-    store = SqlTaskStore(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
-    await store.start()
-    await store.create_task(task)
-    router = StorageRouter(StorageConfig(storage_dir=tmp_path / "storage", spool_dir=tmp_path / "spool", endpoints=(
-        EndpointRule(vendor="1", region="ap-tokyo", bucket="again", endpoint_url=moto),)))
-    uploader = Uploader(store, router, UploaderConfig(node="n1", poll_seconds=0.1))
-    await uploader.start()
+    task, store, uploader = await uploading_task(tmp_path, "task-again", spec,
+                                                 EndpointRule(vendor="1", region="ap-tokyo", bucket="again", endpoint_url=moto))
     dest = uploader.destination(spec.storage, task.id)
     events: list[FileEvent] = []
     target = SinkTarget(directory=dest.spool, names=A8Names("u", "video"), track_type="video", user_id="u1", media="main",
@@ -292,10 +297,7 @@ async def test_a_playlist_that_goes_on_is_published_again(moto: str, tmp_path: P
         for unit in units:
             sink.write(0, unit)
         sink.close()
-        for fe in events:  # what the session does with each file event
-            await store.put_file(task.id, FileRecord(name=fe.name, kind=fe.kind, track_type=fe.track_type, user_id=fe.user_id,
-                                                     media=fe.media, begin_ms=fe.begin_ms, end_ms=fe.end_ms, final=fe.final),
-                                 upload_on="n1" if fe.final or fe.kind == "playlist" else None)
+        await put_files(store, task.id, events)
         events.clear()
         uploader.wake(task.id)
 
