@@ -38,7 +38,7 @@ SINGLE_THREAD_PIXEL_RATE = 1280 * 720 * 30
 
 
 def encoder_threads(encoding: VideoEncoding) -> int:
-    """Encoder threads for one recording's rendition (0: FFmpeg's choice)."""
+    """Encoder threads for one recording's rendition (0: FFmpeg's choice); `VideoEncoder`'s default."""
     if encoding.codec == "h264" and encoding.width * encoding.height * encoding.fps <= SINGLE_THREAD_PIXEL_RATE:
         return 1
     return 0
@@ -72,7 +72,8 @@ class VideoEncoder:
     another size or pixel format are scaled with swscale. Non-increasing pts are dropped (counted).
     """
 
-    def __init__(self, encoding: VideoEncoding, *, time_base: Fraction | None = None, threads: int = 0) -> None:
+    def __init__(self, encoding: VideoEncoding, *, time_base: Fraction | None = None, threads: int | None = None) -> None:
+        """`threads`: encoder threads (0: FFmpeg's choice); by default `encoder_threads(encoding)`."""
         if encoding.codec not in _VIDEO_CODECS:
             raise EncoderError(f"unsupported video codec {encoding.codec!r}")
         codec, stream_codec = _VIDEO_CODECS[encoding.codec]
@@ -91,7 +92,7 @@ class VideoEncoder:
         gop = max(1, encoding.gop_seconds * encoding.fps)
         ctx.gop_size = gop
         ctx.flags |= Flags.global_header
-        ctx.thread_count = threads
+        ctx.thread_count = encoder_threads(encoding) if threads is None else threads
         options = {
             "preset": X264_PRESET,
             "maxrate": str(encoding.bitrate),

@@ -42,7 +42,7 @@ from cloudrec.core.spec import AudioEncoding, FillType, Layout, TrackKind, Video
 from cloudrec.media.audiomix import AudioMixer
 from cloudrec.media.compositor import Compositor, Fill
 from cloudrec.media.decode import Decoder
-from cloudrec.media.encoder import AudioEncoder, VideoEncoder, encoder_threads
+from cloudrec.media.encoder import AudioEncoder, VideoEncoder
 from cloudrec.media.overlay import Fonts
 from cloudrec.media.picture import Picture
 from cloudrec.media.timing import from_pts, samples_until, ticks_until, unit_task_time
@@ -204,7 +204,7 @@ class MixedPipeline:
     # -- thread body ----------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        venc = VideoEncoder(self._video_enc, threads=encoder_threads(self._video_enc)) if self._video_enc is not None else None
+        venc = VideoEncoder(self._video_enc) if self._video_enc is not None else None
         aenc = AudioEncoder(self._audio_enc) if self._audio_enc is not None else None
         comp = None
         if self._video_enc is not None:
@@ -389,25 +389,15 @@ class MixedPipeline:
                 mixer.remove(user_id)
 
     def _video_ready(self) -> float:
-        """Task time every live video source has delivered frames up to (-inf: one has none yet,
-        or there is no source: output waits for the latency window)."""
-        ready = math.inf
-        for vt in self._video.values():
-            if vt.source.ended:
-                continue  # nothing more will come: it holds nothing back
-            newest = vt.queue[-1][0] if vt.queue else vt.held[0] if vt.held is not None else -math.inf
-            ready = min(ready, newest)
-        return ready if ready != math.inf else -math.inf
+        """Task time every live video source has delivered frames up to (-inf while one has none yet,
+        or there is none: output then waits for the latency window). Ended sources hold nothing back."""
+        return min((vt.queue[-1][0] if vt.queue else vt.held[0] if vt.held is not None else -math.inf
+                    for vt in self._video.values() if not vt.source.ended), default=-math.inf)
 
     def _audio_ready(self, mixer: AudioMixer) -> float:
         """Task time every live audio source has delivered samples up to (as `_video_ready`)."""
-        ready = math.inf
-        for user_id, at in self._audio.items():
-            if at.source.ended:
-                continue
-            end = mixer.buffered_until(user_id)
-            ready = min(ready, end / mixer.sample_rate if end is not None else -math.inf)
-        return ready if ready != math.inf else -math.inf
+        ends = (mixer.buffered_until(user_id) for user_id, at in self._audio.items() if not at.source.ended)
+        return min((end / mixer.sample_rate if end is not None else -math.inf for end in ends), default=-math.inf)
 
     def _frame_task_time(self, frame: av.VideoFrame | av.AudioFrame) -> float | None:
         if frame.pts is None or frame.time_base is None:

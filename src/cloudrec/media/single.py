@@ -36,7 +36,7 @@ from cloudrec.media import timing
 from cloudrec.media.decode import Decoder
 from cloudrec.core.aac import adts_audio_config, is_adts
 from cloudrec.core.h264 import is_annexb
-from cloudrec.media.encoder import AudioEncoder, VideoEncoder, encoder_threads
+from cloudrec.media.encoder import AudioEncoder, VideoEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class _Transcoder:
             width = (info.width or video_encoding.width) // 2 * 2
             height = (info.height or video_encoding.height) // 2 * 2
             encoding = replace(video_encoding, width=width, height=height)
-            self.video = VideoEncoder(encoding, time_base=info.time_base, threads=encoder_threads(encoding))
+            self.video = VideoEncoder(encoding, time_base=info.time_base)
             self.info = self.video.stream_info()
         else:
             self.audio = AudioEncoder(audio_encoding)
