@@ -130,7 +130,13 @@ def test_playlist_is_published_up_to_the_first_missing_segment() -> None:
     assert done.complete and done.text == PLAYLIST
     live = PLAYLIST.replace("#EXT-X-ENDLIST\n", "")
     assert not publishable(live, {"s1.ts", "s2.ts", "s3.ts"}).complete
-    assert closed(live) == PLAYLIST and closed(PLAYLIST) == PLAYLIST
+    all_three = {"s1.ts", "s2.ts", "s3.ts"}
+    assert closed(live, all_three) == PLAYLIST and closed(PLAYLIST, all_three) == PLAYLIST
+    # killed after listing s3 but before its record was stored: s3 is not listed, the end tag is
+    cut = closed(live, {"s1.ts", "s2.ts"})
+    assert segment_names(cut) == ["s1.ts", "s2.ts"] and cut.rstrip().endswith("#EXT-X-ENDLIST")
+    assert publishable(cut, {"s1.ts", "s2.ts"}).complete
+    assert segment_names(closed(live, {"x/s1.ts"}, "x/")) == ["s1.ts"]  # a playlist in x/ lists its segments relative
 
 
 async def uploading_task(tmp_path: Path, task_id: str, spec: RecordingSpec,

@@ -72,8 +72,12 @@ def publishable(text: str, stored: Container[str], directory: str = "") -> Publi
     return Published(text="\n".join(out) + "\n", listed=listed, total=total, ended=ended)
 
 
-def closed(text: str) -> str:
-    """The playlist of a recording that will not continue (its recorder died): add the end tag."""
-    if any(line.strip() == ENDLIST for line in text.splitlines()):
-        return text
-    return text.rstrip("\n") + "\n" + ENDLIST + "\n"
+def closed(text: str, recorded: Container[str], directory: str = "") -> str:
+    """The playlist of a recording that will not continue (its recorder died), with the end tag and
+    only its leading run of `recorded` segments: a segment the sink listed just before the kill,
+    whose record never reached the store, is deleted by the recovery and must not be listed (the
+    playlist could never be stored complete)."""
+    kept = publishable(text, recorded, directory).text
+    if any(line.strip() == ENDLIST for line in kept.splitlines()):
+        return kept
+    return kept.rstrip("\n") + "\n" + ENDLIST + "\n"

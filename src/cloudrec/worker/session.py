@@ -304,8 +304,9 @@ class RecordingSession(Session):
     async def _recover(self) -> None:
         """The previous run of this task died (kill -9, power, a lost node). Its open files end where
         it stopped: fragmented MP4 plays up to its last whole fragment, a playlist lists only closed
-        segments (it gets its end tag now); they are queued for upload like any finished file. The
-        segment that was being written is not listed anywhere and is removed. New files get the
+        segments whose records reached the store (it gets its end tag now); they are queued for upload
+        like any finished file. The segment that was being written, or closed without a record, is
+        listed nowhere and removed. New files get the
         `ha<N>_` prefix so that nothing of the earlier runs is overwritten."""
         files = await self.store.list_files(self.task.id)
         known = {f.name for f in files}
@@ -317,7 +318,9 @@ class RecordingSession(Session):
             try:
                 if f.kind == "playlist":
                     tmp = path.with_name(f".{path.name}.tmp")
-                    tmp.write_text(closed(path.read_text(encoding="utf-8")), encoding="utf-8")
+                    directory = f.name.rpartition("/")[0]
+                    text = closed(path.read_text(encoding="utf-8"), known, directory + "/" if directory else "")
+                    tmp.write_text(text, encoding="utf-8")
                     os.replace(tmp, path)
                 end_ms = max(f.begin_ms, int(path.stat().st_mtime * 1000))  # the last write ≈ the last media
             except OSError:
