@@ -50,7 +50,13 @@ from cloudrec.media.timing import from_pts, samples_until, ticks_until, unit_tas
 logger = logging.getLogger(__name__)
 
 MAX_QUEUED_FRAMES = 30  # decoded frames kept per video source ahead of the output
-MAX_IDLE_WAIT = 0.02  # seconds the loop sleeps at most between drains
+# Once the first picture is written the loop drains its sources every DRAIN_INTERVAL and decodes,
+# composes and encodes everything due in one go: several frames of a codec in a row keep its working
+# set in cache, and there are fewer wake-ups. Against a drain every 20 ms that is ~10 % less CPU for
+# the same output (bench/mix_cpu's 4-user mix: 6.6–7.4 → 5.9–6.4 CPU s); output goes out at most
+# this much later. Before it, the loop drains every START_DRAIN_INTERVAL for start latency.
+DRAIN_INTERVAL = 0.1
+START_DRAIN_INTERVAL = 0.02
 MAX_BEHIND_SECONDS = 0.5  # video further behind than this skips ticks
 LATE_TOLERANCE = 0.001  # seconds
 READY_MARGIN = 0.05  # seconds every source must be past a time before it is output early (reordering)
@@ -247,14 +253,7 @@ class MixedPipeline:
                     audio_until = max(out_until, self._audio_ready(mixer) - READY_MARGIN)
                     self._emit_audio(samples_until(audio_until, rate), aenc, mixer, a_index, partial=False)
                 self._publish_stats()
-                # Sleep until the next tick or audio chunk is due (bounded, so sources are drained).
-                nxt = math.inf
-                if fps:
-                    nxt = tick / fps
-                if rate and aenc is not None:
-                    nxt = min(nxt, (self._samples_out + aenc.frame_size) / rate)
-                wait = self._t0 + self._latency + nxt - self._clock()
-                stop.wait(min(MAX_IDLE_WAIT, max(0.0, wait)))
+                stop.wait(self._drain_interval())
             # Stop: finish the timeline up to the stop time, so the files cover the whole task.
             end = self._clock() - self._t0
             self._apply_update(comp)
@@ -387,6 +386,10 @@ class MixedPipeline:
         for user_id in [u for u in (mixer.sources() if mixer is not None else []) if u not in self._audio]:
             if mixer is not None:
                 mixer.remove(user_id)
+
+    def _drain_interval(self) -> float:
+        started = self._first_written_at is not None if self._has_video else self._samples_out > 0
+        return DRAIN_INTERVAL if started else START_DRAIN_INTERVAL
 
     def _video_ready(self) -> float:
         """Task time every live video source has delivered frames up to (-inf while one has none yet,

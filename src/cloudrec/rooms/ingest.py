@@ -29,10 +29,10 @@ logger = logging.getLogger(__name__)
 OPEN_TIMEOUT = 10.0  # seconds to open a URL and between reads
 LIVE_SCHEMES = frozenset({"rtmp", "rtmps", "rtsp"})
 LIVE_PROBE_MICROSECONDS = 1_000_000
-# A packet is published once it is due within this many seconds: the thread wakes ~25 times a second
+# A packet is published once it is due within this many seconds: the thread wakes ~10 times a second
 # instead of once per packet (audio alone is ~47 a second); units carry their own timestamps, so a
 # recorder sees the same times, only up to this much earlier.
-PACE_SECONDS = 0.04
+PACE_SECONDS = 0.1
 
 
 class IngestEnd(Enum):
