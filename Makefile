@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browsers demo test bench lint clean
+.PHONY: install system-packages demo test bench lint clean
 
 install: $(STAMP)
 
@@ -14,14 +14,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# Chromium for the browser tests (Debian package; the machine has no other browser source).
-browsers:
-	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+# Debian packages the tests use, which the machine has no other source for: Chromium (browser tests)
+# and Noto Sans CJK, i.e. Source Han Sans (CJK text watermarks).
+SYSTEM_PACKAGES := chromium fonts-noto-cjk
+CJK_FONT := /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc
+system-packages:
+	@(command -v chromium >/dev/null 2>&1 && test -f $(CJK_FONT)) || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null)
 
 demo: install
 	$(BIN)/cloudrec demo
 
-test: install browsers
+test: install system-packages
 	$(BIN)/lint-imports
 	$(BIN)/mypy src/cloudrec
 	$(BIN)/ruff check --select F src tests bench

@@ -17,15 +17,18 @@ from cloudrec.core.naming import A8Names
 from cloudrec.core.layout import Participant, area_rect, place
 from cloudrec.core.records import from_plain, to_plain
 from cloudrec.core.spec import (
-    Area, AudioEncoding, Corner, FillType, ImageRef, Layout, LayoutMode, Pane, RenderMode, TrackKind, VideoEncoding,
+    CJK_FONT_FACE, Area, AudioEncoding, Corner, FillType, ImageRef, Layout, LayoutMode, Pane, RenderMode, TrackKind, VideoEncoding,
     Watermark, WatermarkKind,
 )
+from cloudrec.errors import InvalidRequest
 from cloudrec.media.compositor import Compositor
 from cloudrec.media.mixed import MixedPipeline
-from cloudrec.media.overlay import Fonts, Overlays, timestamp_text
+from cloudrec.media.fonts import Font, FontFile, FontFiles, Fonts, font_files, glyph_shape
+from cloudrec.media.overlay import Overlays, timestamp_text
 from cloudrec.media.picture import Picture
 from cloudrec.output.hls import HlsSink
 from cloudrec.output.target import SinkTarget
+from cloudrec.settings import parse_settings
 from tests.test_mixed_pipeline import (
     COLOURS, FPS, Feeder, QueueSource, close_to, make_sink, participants, read_output, run_pipeline, source_media,
 )
@@ -178,6 +181,52 @@ def test_text_watermark_colour_and_background() -> None:
     assert np.all(np.abs(box[2, 2] - np.array([20, 160, 20])) < 12)  # its background colour
     assert np.all(np.abs(box - np.array([250, 250, 250])) < 30, axis=2).sum() > 200  # white glyphs on it
     assert close_to(rgb[100, 400].astype(np.uint8), BLUE, tol=4)
+
+
+def glyph_shapes(font: Font, text: str) -> set[tuple[tuple[int, int], bytes]]:
+    """Each character's mask: a face without glyphs for them draws the same box for all."""
+    return {glyph_shape(font, ch) for ch in text}
+
+
+def test_cjk_text_is_drawn_in_the_cjk_face_whichever_face_is_asked_for() -> None:
+    files = font_files(None, {})
+    cjk = files.cjk()
+    assert cjk is not None, "Source Han Sans / Noto Sans CJK is installed by `make test` (fonts-noto-cjk)"
+    fonts = Fonts(files)
+    text = "录制中"
+    builtin = fonts.get(40)  # the default face: Pillow's built-in, Latin only
+    assert len(glyph_shapes(builtin, text)) == 1  # three different characters, one "missing glyph" box
+    for face in (CJK_FONT_FACE, ""):  # asked for, or the fallback for text the default face cannot draw
+        font = fonts.get(40, face, text)
+        assert font.getname()[0].endswith(" SC")  # the collection's Simplified Chinese face
+        assert len(glyph_shapes(font, text)) == 3
+    assert fonts.get(40, "", "REC 1") is builtin  # Latin text stays in the face asked for
+
+
+def test_named_faces_from_the_config_and_a_broken_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cjk = font_files(None, {}).cjk()
+    assert cjk is not None
+    broken = tmp_path / "broken.ttf"
+    broken.write_bytes(b"not a font")
+    files = font_files(broken, {"Brand": cjk.path})
+    assert files.file("brand") == files.file("Brand") == FontFile(cjk.path, cjk.index)
+    assert files.file("unknown") == files.default == FontFile(broken)
+    fonts = Fonts(files)
+    assert fonts.get(20, "Brand").getname()[0].endswith(" SC")
+    with caplog.at_level("WARNING"):
+        fallback = fonts.get(20, "unknown")
+    assert "font not loaded" in caplog.text and "not a font" not in caplog.text
+    assert len(glyph_shapes(fallback, "ab")) == 2  # the built-in face, which draws Latin
+    assert Fonts(FontFiles()).get(20, CJK_FONT_FACE, "录") is not None  # no CJK file anywhere: built-in face
+
+
+def test_font_settings() -> None:
+    s = parse_settings({"media": {"font_path": "f/brand.ttf", "fonts": {"SourceHanSans": "/x/cjk.otf", "Logo": "l.otf"}}},
+                       Path("/etc/cloudrec"))
+    assert s.font_path == Path("/etc/cloudrec/f/brand.ttf")  # relative to the config file
+    assert s.fonts == (("Logo", Path("/etc/cloudrec/l.otf")), ("SourceHanSans", Path("/x/cjk.otf")))
+    with pytest.raises(InvalidRequest):
+        parse_settings({"media": {"fonts": {"Logo": 3}}}, Path("."))
 
 
 def test_timestamp_rendered_once_per_second_in_its_time_zone() -> None:

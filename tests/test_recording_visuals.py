@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from tencentcloud.common.exception.tencent_cloud_sdk_exception import TencentCloudSDKException
 
-from cloudrec.core.spec import Corner, ImageRef, Layout, RenderMode, VideoEncoding, WatermarkKind
+from cloudrec.core.spec import CJK_FONT_FACE, Corner, ImageRef, Layout, RenderMode, VideoEncoding, WatermarkKind
 from cloudrec.dialects.tencent.fields import Obj
 from cloudrec.dialects.tencent.trtc import TrtcActions
 from tests.support import (
@@ -78,6 +78,8 @@ def test_pictures_and_watermarks_in_the_mix(server: Server, media_url: str) -> N
             {"WaterMarkType": 1, "WaterMarkChar": {"Top": 250, "Left": 20, "Width": 200, "Height": 60, "Chars": "REC 1",
                                                    "FontSize": 40, "FontColor": "0xFA1414"}},
             {"WaterMarkType": 2, "WaterMarkTimestamp": {"Pos": 3, "TimeZone": 8}},
+            {"WaterMarkType": 1, "WaterMarkChar": {"Top": 190, "Left": 20, "Width": 200, "Height": 56, "Chars": "录制",
+                                                   "FontSize": 40, "FontColor": "0xFFFFFF", "Font": "SourceHanSans"}},
         ],
     }
     task, begin = record(server, room, "rec_9201", layout, 5)
@@ -96,6 +98,12 @@ def test_pictures_and_watermarks_in_the_mix(server: Server, media_url: str) -> N
         text = rgb[250:310, 20:220].astype(int)
         reds = np.all(np.abs(text - np.array([250, 20, 20])) < 60, axis=2).sum()
         assert reds > 100, reds  # the text in its font colour over the background picture
+        white = np.all(rgb[190:246, 20:220] > 190, axis=2)  # "录制" in Source Han Sans
+        cols = np.flatnonzero(white.any(axis=0))
+        assert white.sum() > 150 and cols.size, white.sum()
+        half = (cols[-1] - cols[0] + 1) // 2
+        first, second = white[:, cols[0]:cols[0] + half], white[:, cols[0] + half:cols[0] + 2 * half]
+        assert (first != second).sum() > 0.3 * max(first.sum(), second.sum())  # two different glyphs, not two boxes
     corner = (np.abs(a[300:, 400:].astype(int) - b[300:, 400:].astype(int)).max(axis=2) > 80).sum()
     assert corner > 5  # the timestamp (bottom right) moved on by a second
 
@@ -140,7 +148,7 @@ def test_trtc_fields_map_to_the_layout() -> None:
             {"WaterMarkType": 1, "WaterMarkChar": {"Top": 5, "Left": 6, "Width": 70, "Height": 80, "Chars": "直播",
                                                    "FontColor": "0x10Ff20", "BackGroundColor": "#010203", "Font": "Tencent"}},
             {"WaterMarkType": 1, "WaterMarkChar": {"Top": 5, "Left": 6, "Width": 70, "Height": 80, "Chars": "x"}},
-            {"WaterMarkType": 2, "WaterMarkTimestamp": {"Pos": 5}},
+            {"WaterMarkType": 2, "WaterMarkTimestamp": {"Pos": 5, "Font": "SourceHanSans"}},
         ],
     })
     assert layout.background_image == ImageRef(url=IMG, render=RenderMode.CROP)
@@ -151,7 +159,9 @@ def test_trtc_fields_map_to_the_layout() -> None:
         WatermarkKind.IMAGE, 2, 1, 30, 40, ImageRef(url=IMG, render=RenderMode.STRETCH))
     assert (text.text, text.font_size, text.font_color, text.text_background) == ("直播", 14, (16, 255, 32), (1, 2, 3))
     assert (plain.font_color, plain.text_background) == ((255, 255, 255), None)  # white on transparent
-    assert (stamp.kind, stamp.position, stamp.tz_hours) == (WatermarkKind.TIMESTAMP, Corner.BOTTOM_CENTER, 8.0)
+    assert text.font == plain.font == ""  # "Tencent" (the default): the default face
+    assert (stamp.kind, stamp.position, stamp.tz_hours, stamp.font) == (
+        WatermarkKind.TIMESTAMP, Corner.BOTTOM_CENTER, 8.0, CJK_FONT_FACE)
     assert layout.image_urls() == (IMG, IMG + "&d", IMG + "&s")
 
 
@@ -165,6 +175,8 @@ def test_trtc_fields_map_to_the_layout() -> None:
     ({"WaterMarkList": [{"WaterMarkType": 1, "WaterMarkChar": {"Top": 0, "Left": 0, "Width": 9, "Height": 9}}]},
      "MissingParameter"),
     ({"WaterMarkList": [{"WaterMarkType": 2, "WaterMarkTimestamp": {"Pos": 7}}]}, "InvalidParameter.OutOfRange"),
+    ({"WaterMarkList": [{"WaterMarkType": 1, "WaterMarkChar": {"Top": 0, "Left": 0, "Width": 9, "Height": 9, "Chars": "a",
+                                                               "Font": "Arial"}}]}, "InvalidParameter"),
     ({"WaterMarkList": [{"WaterMarkType": 2, "WaterMarkTimestamp": {"Pos": 0}}] * 26}, "InvalidParameter.OutOfRange"),
     ({"BackgroundImageUrl": "ftp://example.com/a.png"}, "InvalidParameter"),
     ({"DefaultSubBackgroundImage": "https://example.com/a b.png"}, "InvalidParameter"),

@@ -43,6 +43,7 @@ from cloudrec.dialects.tencent.publish import PublishDenied, PublisherAuth
 from cloudrec.dialects.tencent.trtc import DIALECT as TRTC_DIALECT
 from cloudrec.dialects.tencent.trtc import TrtcActions
 from cloudrec.dialects.tencent.usersig import make_usersig
+from cloudrec.media.fonts import font_files
 from cloudrec.rooms.registry import RoomRegistry
 from cloudrec.rooms.rtmp import PublishGrant, PublishRequest, RtmpServer
 from cloudrec.rooms.whip import WebRtcGateway
@@ -79,7 +80,7 @@ class Service:
             SessionConfig(uploader=self.uploader, latency_seconds=settings.latency_seconds,
                           segment_seconds=settings.hls_segment_seconds,
                           finish_wait_seconds=settings.storage.finish_wait_seconds, metrics=self.metrics,
-                          images=self.images, font_path=settings.font_path),
+                          images=self.images, fonts=font_files(settings.font_path, dict(settings.fonts))),
         )
         cb = settings.callbacks
         self.notifier = Notifier(

@@ -126,7 +126,8 @@ class Settings:
     hls_segment_seconds: float = 4.0
     allow_private_image_urls: bool = False  # layout pictures from loopback/private hosts (tests, closed networks)
     trusted_image_networks: tuple[str, ...] = ()  # CIDRs allowed for layout pictures even when the above is false
-    font_path: Path | None = None  # TTF/OTF for text watermarks (CJK needs one); None = Pillow's built-in font
+    font_path: Path | None = None  # TTF/OTF of text watermarks' default face; None = Pillow's built-in face (Latin)
+    fonts: tuple[tuple[str, Path], ...] = ()  # [media.fonts]: named faces (e.g. SourceHanSans), name → file
     worker_poll_seconds: float = 0.2
     log_level: str = "INFO"
     ice_host_addresses: tuple[str, ...] = ("127.0.0.1",)  # WebRTC host candidates we offer
@@ -186,6 +187,14 @@ def _callbacks(raw: dict[str, Any]) -> CallbackSettings:
             or c.max_in_flight < 1:
         raise InvalidRequest("[callbacks] values must be positive", field="callbacks")
     return c
+
+
+def _path(value: str, base_dir: Path) -> Path:
+    """A configured path; relative ones are relative to the config file's directory."""
+    path = Path(value)
+    return path if path.is_absolute() else (base_dir / path).resolve()
+
+
 def _networks(value: Any) -> tuple[str, ...]:
     try:
         return tuple(str(ipaddress.ip_network(str(n), strict=False)) for n in value)
@@ -272,9 +281,10 @@ def parse_settings(raw: dict[str, Any], base_dir: Path) -> Settings:
     data_dir = Path(server.get("data_dir", "data"))
     if not data_dir.is_absolute():
         data_dir = (base_dir / data_dir).resolve()
-    font_path = Path(media["font_path"]) if media.get("font_path") else None
-    if font_path is not None and not font_path.is_absolute():
-        font_path = (base_dir / font_path).resolve()
+    font_path = _path(media["font_path"], base_dir) if media.get("font_path") else None
+    fonts = media.get("fonts", {})
+    if not isinstance(fonts, dict) or not all(isinstance(v, str) and v for v in fonts.values()):
+        raise InvalidRequest("[media.fonts] maps face names to font file paths", field="fonts")
     apps = []
     for a in raw.get("apps", []):
         try:
@@ -315,6 +325,7 @@ def parse_settings(raw: dict[str, Any], base_dir: Path) -> Settings:
         allow_private_image_urls=bool(media.get("allow_private_image_urls", False)),
         trusted_image_networks=_networks(media.get("trusted_image_networks", [])),
         font_path=font_path,
+        fonts=tuple((name, _path(v, base_dir)) for name, v in sorted(fonts.items())),
         log_level=str(server.get("log_level", "INFO")),
         dev_usersig=bool(server.get("dev_usersig", False)),
         ice_host_addresses=tuple(str(a) for a in raw.get("webrtc", {}).get("host_addresses", ["127.0.0.1"])),

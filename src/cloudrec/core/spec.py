@@ -169,6 +169,10 @@ class Pane:
     placeholder: ImageRef | None = None  # shown when the tile has no video (see Layout.placeholders)
 
 
+# The CJK sans-serif face text watermarks may name (Source Han Sans, also sold as Noto Sans CJK).
+CJK_FONT_FACE = "SourceHanSans"
+
+
 class WatermarkKind(Enum):
     IMAGE = "image"
     TEXT = "text"
@@ -203,6 +207,7 @@ class Watermark:
     height: int = 0
     image: ImageRef | None = None
     text: str = ""
+    font: str = ""  # face name: "" the default face, CJK_FONT_FACE, or one of `[media.fonts]`
     font_size: int = 14  # pixels; 0 = chosen from the canvas height (timestamps)
     font_color: RGB = (255, 255, 255)
     text_background: RGB | None = None  # None = transparent

@@ -19,7 +19,8 @@ from av.video.reformatter import Interpolation, VideoReformatter
 
 from cloudrec.core.layout import Placement
 from cloudrec.core.spec import ImageRef, Layout, RenderMode, TrackKind
-from cloudrec.media.overlay import Fonts, Overlays
+from cloudrec.media.fonts import Fonts
+from cloudrec.media.overlay import Overlays
 from cloudrec.media.picture import Layer, Picture, blend
 from cloudrec.media.planes import Plane, fit, plane_views, rgb_to_yuv
 

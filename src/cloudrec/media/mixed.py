@@ -32,7 +32,6 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import av
 
@@ -43,7 +42,7 @@ from cloudrec.media.audiomix import AudioMixer
 from cloudrec.media.compositor import Compositor, Fill
 from cloudrec.media.decode import Decoder
 from cloudrec.media.encoder import AudioEncoder, VideoEncoder
-from cloudrec.media.overlay import Fonts
+from cloudrec.media.fonts import FontFiles, Fonts
 from cloudrec.media.picture import Picture
 from cloudrec.media.timing import from_pts, samples_until, ticks_until, unit_task_time
 
@@ -130,10 +129,10 @@ class MixedPipeline:
         gap_seconds: float = 1.0,
         placeholder_seconds: float = 3.0,
         wall0: float | None = None,
-        font_path: Path | None = None,
+        fonts: FontFiles | None = None,
     ) -> None:
-        """`wall0`: the Unix time of task time 0 (timestamp watermarks); `font_path`: a TTF/OTF
-        font for text watermarks (default: Pillow's built-in font, Latin only)."""
+        """`wall0`: the Unix time of task time 0 (timestamp watermarks); `fonts`: the font files of
+        text watermarks (default: Pillow's built-in face, Latin only)."""
         if video is None and audio is None:
             raise ValueError("a mixed pipeline needs video, audio or both")
         self._video_enc = video
@@ -147,7 +146,7 @@ class MixedPipeline:
         self._gap = gap_seconds
         self._placeholder_after = max(gap_seconds, placeholder_seconds)
         self._wall0 = wall0
-        self._font_path = font_path
+        self._fonts = fonts
         self._lock = threading.Lock()
         self._pending: _Update | None = None
         self._images: dict[str, Picture] = {}  # guarded by _lock; copied to the compositor
@@ -215,7 +214,7 @@ class MixedPipeline:
         comp = None
         if self._video_enc is not None:
             comp = Compositor(self._video_enc.width, self._video_enc.height, self._layout.background,
-                              fonts=Fonts(self._font_path))
+                              fonts=Fonts(self._fonts))
             comp.set_scene(self._layout)
         mixer = AudioMixer(self._audio_enc.sample_rate, self._audio_enc.channels) if self._audio_enc is not None else None
         streams: list[StreamInfo] = []

@@ -1,63 +1,29 @@
 """`Overlays`: the watermarks of a layout (image, text, timestamp) as ready-to-blend layers.
 
-Text is rendered once with Pillow (FreeType: `ImageFont.load_default(size=…)`, or `font_path` for
-CJK scripts) into an RGBA picture; a timestamp is re-rendered only when its displayed second
-changes. Everything else per frame is the alpha blend of each watermark's rectangle.
+Text is rendered once with Pillow (FreeType, in the watermark's face: `media/fonts.py`) into an
+RGBA picture; a timestamp is re-rendered only when its displayed second changes. Everything else
+per frame is the alpha blend of each watermark's rectangle.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from cloudrec.core.spec import RGB, Corner, RenderMode, Watermark, WatermarkKind
+from cloudrec.media.fonts import Font, Fonts
 from cloudrec.media.picture import Layer, Picture
-
-logger = logging.getLogger(__name__)
 
 TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
 TIMESTAMP_TEMPLATE = "8888-88-88 88:88:88"  # sizes the box (8 is about the widest digit)
 TIMESTAMP_HEIGHT_SHARE = 0.04  # timestamp font size when none is given: 4 % of the canvas height
-MIN_FONT_SIZE = 8
 TEXT_PAD = 2  # pixels between a text watermark's box edge and its text
 MARGIN_SHARE = 0.02  # timestamp distance from the canvas edges
-
-Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
-
-
-class Fonts:
-    """Fonts by pixel size: `font_path` (TTF/OTF) when given, else Pillow's built-in FreeType font."""
-
-    def __init__(self, font_path: Path | None = None) -> None:
-        self.font_path = font_path
-        self._fonts: dict[int, Font] = {}
-        self._warned = False
-
-    def get(self, size: int) -> Font:
-        size = max(MIN_FONT_SIZE, size)
-        font = self._fonts.get(size)
-        if font is None:
-            font = self._load(size)
-            self._fonts[size] = font
-        return font
-
-    def _load(self, size: int) -> Font:
-        if self.font_path is not None:
-            try:
-                return ImageFont.truetype(str(self.font_path), size)
-            except OSError as exc:
-                if not self._warned:
-                    self._warned = True
-                    logger.warning("font not loaded; using the built-in font",
-                                   extra={"font_path": str(self.font_path), "error": str(exc)})
-        return ImageFont.load_default(size=size)
 
 
 def text_picture(text: str, font: Font, color: RGB, background: RGB | None,
@@ -148,8 +114,8 @@ class Overlays:
                 self._text[i] = None
             else:
                 x, y, w, h = rect
-                picture = text_picture(wm.text, self.fonts.get(wm.font_size), wm.font_color, wm.text_background, (w, h),
-                                       pad=TEXT_PAD)
+                font = self.fonts.get(wm.font_size, wm.font, wm.text)
+                picture = text_picture(wm.text, font, wm.font_color, wm.text_background, (w, h), pad=TEXT_PAD)
                 self._text[i] = (x, y, picture.layer(w, h, RenderMode.STRETCH))
                 self.renders += 1
         return self._text[i]
@@ -158,7 +124,7 @@ class Overlays:
         ts = self._times.setdefault(i, _Timestamp())
         second = math.floor(wall_time)
         if ts.second != second or ts.layer is None:
-            font = self.fonts.get(wm.font_size or round(self.height * TIMESTAMP_HEIGHT_SHARE))
+            font = self.fonts.get(wm.font_size or round(self.height * TIMESTAMP_HEIGHT_SHARE), wm.font)
             stroke = None if wm.text_background else (0, 0, 0)  # an outline keeps it legible on any picture
             if ts.box is None:
                 widest = text_picture(TIMESTAMP_TEMPLATE, font, wm.font_color, None, pad=2, stroke=stroke)

@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from cloudrec.core import events as ev
@@ -30,6 +29,7 @@ from cloudrec.core.records import from_plain
 from cloudrec.core.spec import Container, MediaSelect, RecordingSpec, RecordMode, TrackKind
 from cloudrec.core.states import StopReason, TaskState
 from cloudrec.core.tasks import FileRecord, TaskRecord
+from cloudrec.media.fonts import FontFiles
 from cloudrec.media.mixed import MixedPipeline
 from cloudrec.media.picture import Picture
 from cloudrec.media.single import SinglePipeline
@@ -54,7 +54,7 @@ class SessionConfig:
     finish_wait_seconds: float = 10.0  # at the end, wait this long for uploads to report them with the task's end
     metrics: Metrics | None = None
     images: ImageFetcher | None = None  # shared by all sessions (one cache); None: layouts draw no pictures
-    font_path: Path | None = None  # text watermarks
+    fonts: FontFiles | None = None  # text watermarks' font files (None: Pillow's built-in face)
 
 
 def _now_ms() -> int:
@@ -520,7 +520,7 @@ class RecordingSession(Session):
             video=spec.video if video else None,
             audio=spec.audio if spec.stream_type.audio else None,
             layout=spec.layout, fill_type=spec.fill_type, sinks=sinks, t0=t0, latency=self.config.latency_seconds,
-            wall0=wall0_ms / 1000, font_path=self.config.font_path,
+            wall0=wall0_ms / 1000, fonts=self.config.fonts,
         )
         for url, picture in self.pictures.items():
             pipeline.set_image(url, picture)

@@ -15,9 +15,9 @@ from cloudrec.control.tasks import TaskControl
 from cloudrec.core.ingest import IngestSpec
 from cloudrec.core.rooms import RoomIdType, RoomKey
 from cloudrec.core.spec import (
-    RGB, AudioEncoding, Container, Corner, FillType, ImageRef, Layout, LayoutMode, MediaSelect, Pane, RecordingSpec,
-    RecordMode, RenderMode, StorageTarget, StreamType, Subscription, TrackKind, UserFilter, VideoEncoding, Watermark,
-    WatermarkKind,
+    CJK_FONT_FACE, RGB, AudioEncoding, Container, Corner, FillType, ImageRef, Layout, LayoutMode, MediaSelect, Pane,
+    RecordingSpec, RecordMode, RenderMode, StorageTarget, StreamType, Subscription, TrackKind, UserFilter, VideoEncoding,
+    Watermark, WatermarkKind,
 )
 from cloudrec.core.states import TaskKind, TaskState
 from cloudrec.dialects.tencent.admission import AdmissionError, check_user, room_key
@@ -412,6 +412,17 @@ def _box(o: Obj, video: VideoEncoding) -> tuple[int, int, int, int]:
     return left, top, width, height
 
 
+# `Font` → the face name the compositor knows ("": the default face, `[media] font_path`).
+_FONTS = {"Tencent": "", "SourceHanSans": CJK_FONT_FACE}
+
+
+def _font(obj: Obj) -> str:
+    name = obj.string("Font", default="Tencent", allow_empty=False) or "Tencent"
+    if name not in _FONTS:
+        raise TencentError("InvalidParameter", f"{obj.path}.Font must be Tencent or SourceHanSans")
+    return _FONTS[name]
+
+
 def _watermark(wm: Obj, video: VideoEncoding) -> Watermark:
     kind = wm.integer("WaterMarkType", default=0, choices=(0, 1, 2)) or 0
     if kind == 0:
@@ -426,14 +437,12 @@ def _watermark(wm: Obj, video: VideoEncoding) -> Watermark:
         ch = wm.obj("WaterMarkChar", required=True)
         assert ch is not None
         x, y, w, h = _box(ch, video)
-        ch.string("Font", max_len=64)  # Tencent / SourceHanSans: one font here (`[media] font_path`)
-        return Watermark(kind=WatermarkKind.TEXT, x=x, y=y, width=w, height=h,
+        return Watermark(kind=WatermarkKind.TEXT, x=x, y=y, width=w, height=h, font=_font(ch),
                          text=ch.req_str("Chars", max_len=1024),
                          font_size=ch.integer("FontSize", default=14, lo=1, hi=_CANVAS_MAX) or 14,
                          font_color=_color(ch, "FontColor", (255, 255, 255)) or (255, 255, 255),
                          text_background=_color(ch, "BackGroundColor", None))
     ts = wm.obj("WaterMarkTimestamp", required=True)
     assert ts is not None
-    ts.string("Font", max_len=64)
     return Watermark(kind=WatermarkKind.TIMESTAMP, position=Corner(ts.req_int("Pos", choices=tuple(range(7)))),
-                     tz_hours=float(ts.integer("TimeZone", default=8, lo=-12, hi=14) or 0), font_size=0)
+                     tz_hours=float(ts.integer("TimeZone", default=8, lo=-12, hi=14) or 0), font_size=0, font=_font(ts))
