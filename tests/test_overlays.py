@@ -217,7 +217,28 @@ def test_named_faces_from_the_config_and_a_broken_file(tmp_path: Path, caplog: p
         fallback = fonts.get(20, "unknown")
     assert "font not loaded" in caplog.text and "not a font" not in caplog.text
     assert len(glyph_shapes(fallback, "ab")) == 2  # the built-in face, which draws Latin
-    assert Fonts(FontFiles()).get(20, CJK_FONT_FACE, "录") is not None  # no CJK file anywhere: built-in face
+    same = font_files(None, {"sourcehansans": cjk.path})  # names are case-insensitive: no second CJK face
+    assert same.cjk() == same.file(CJK_FONT_FACE) == FontFile(cjk.path, cjk.index) and len(same.named) == 1
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # no CJK file anywhere: the built-in face, said once
+        bare = Fonts(FontFiles())
+        assert bare.get(20, CJK_FONT_FACE, "录").getname() == bare.get(20, CJK_FONT_FACE).getname() == fallback.getname()
+    assert caplog.text.count("font face not installed") == 1
+
+
+def test_a_watermark_is_drawn_in_its_face_and_falls_back_only_for_what_its_face_lacks() -> None:
+    fonts = Fonts(font_files(None, {}))
+    builtin = fonts.get(30)
+    assert fonts.get(30, "", "REC \U0001f534") is builtin  # the CJK face lacks the emoji too: no gain, no switch
+    assert fonts.get(30, "", "录制 \U0001f534") is fonts.get(30, CJK_FONT_FACE)  # it draws two of the three
+    comp = Compositor(W, H, BLUE, fonts=fonts)
+    marks = tuple(Watermark(kind=WatermarkKind.TEXT, x=20, y=y, width=200, height=50, text="Abc", font_size=30, font=face)
+                  for y, face in ((20, ""), (100, CJK_FONT_FACE)))
+    comp.set_scene(Layout(background=BLUE, watermarks=marks))
+    rgb = rgb_of(comp.render([], {})).astype(int)
+    default, cjk = (np.abs(rgb[y:y + 50, 20:220] - np.array(BLUE)).max(axis=2) > 100 for y in (20, 100))
+    assert default.sum() > 100 and cjk.sum() > 100
+    assert (default != cjk).sum() > 0.2 * default.sum()  # the same text, two faces: the watermark's face is used
 
 
 def test_font_settings() -> None:

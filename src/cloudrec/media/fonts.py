@@ -48,21 +48,23 @@ class FontFiles:
     default: FontFile | None = None
     named: tuple[tuple[str, FontFile], ...] = ()
 
+    def named_file(self, face: str) -> FontFile | None:
+        """The file of the named `face` (case-insensitive), if there is one."""
+        return next((f for name, f in self.named if name.casefold() == face.casefold()), None)
+
     def file(self, face: str) -> FontFile | None:
-        """The file of `face` (case-insensitive); unknown names and "" get the default face."""
-        for name, f in self.named:
-            if name.lower() == face.lower():
-                return f
-        return self.default
+        """The file of `face`; unknown names and "" get the default face."""
+        named = self.named_file(face) if face else None
+        return named if named is not None else self.default
 
     def cjk(self) -> FontFile | None:
-        return next((f for name, f in self.named if name == CJK_FONT_FACE), None)
+        return self.named_file(CJK_FONT_FACE)
 
 
 def collection_index(path: Path, suffix: str = " SC") -> int:
     """In a font collection, the face whose family name ends with `suffix` (Noto Sans CJK's
     collections hold JP, KR, SC, TC and HK faces; SC draws Simplified Chinese forms); else 0."""
-    if path.suffix.lower() != ".ttc":
+    if path.suffix.lower() not in (".ttc", ".otc"):
         return 0
     for i in range(32):
         try:
@@ -86,7 +88,7 @@ def find_cjk_font() -> FontFile | None:
 def font_files(default: Path | None, named: Mapping[str, Path]) -> FontFiles:
     """The operator's files, plus the CJK face found on the machine unless one is configured."""
     faces = {name: FontFile(path, collection_index(path)) for name, path in named.items()}
-    if CJK_FONT_FACE not in faces:
+    if all(name.casefold() != CJK_FONT_FACE.casefold() for name in faces):
         found = find_cjk_font()
         if found is not None:
             faces[CJK_FONT_FACE] = found
@@ -101,16 +103,21 @@ class Fonts:
         self.files = files if files is not None else FontFiles()
         self._fonts: dict[tuple[FontFile | None, int], Font] = {}
         self._covers: dict[tuple[FontFile | None, int, str], bool] = {}
-        self._warned: set[FontFile] = set()
+        self._warned: set[FontFile | str] = set()
 
     def get(self, size: int, face: str = "", text: str = "") -> Font:
-        """`face` at `size` pixels; the CJK face instead when `face` cannot draw `text` and it can."""
+        """`face` at `size` pixels; the CJK face instead when it draws more of `text`'s characters."""
         size = max(MIN_FONT_SIZE, size)
+        if face and self.files.named_file(face) is None and face not in self._warned:
+            self._warned.add(face)
+            logger.warning("font face not installed; using the default face", extra={"face": face})
         file = self.files.file(face)
         font = self._load(file, size)
         cjk = self.files.cjk()
-        if text and cjk is not None and cjk != file and not self._draws(file, size, text):
-            return self._load(cjk, size)
+        if text and cjk is not None and cjk != file:
+            missing = self._missing(file, size, text)
+            if missing and len(self._missing(cjk, size, text)) < len(missing):
+                return self._load(cjk, size)
         return font
 
     def _load(self, file: FontFile | None, size: int) -> Font:
@@ -130,21 +137,22 @@ class Fonts:
                     logger.warning("font not loaded; using the built-in font", extra={"font_path": str(file.path), "error": str(exc)})
         return ImageFont.load_default(size=size)
 
-    def _draws(self, file: FontFile | None, size: int, text: str) -> bool:
-        """Whether the face has a glyph for every visible character of `text` (a missing one is drawn
-        with the face's "missing glyph" shape, the same as for a noncharacter)."""
+    def _missing(self, file: FontFile | None, size: int, text: str) -> set[str]:
+        """The visible characters of `text` the face has no glyph for (it draws them with its
+        "missing glyph" shape, the same as a noncharacter)."""
         font = self._load(file, size)
-        missing = glyph_shape(font, _NO_GLYPH)
+        no_glyph = glyph_shape(font, _NO_GLYPH)
+        out: set[str] = set()
         for ch in set(text):
             if ch.isspace():
                 continue
             key = (file, size, ch)
             ok = self._covers.get(key)
             if ok is None:
-                ok = self._covers[key] = glyph_shape(font, ch) != missing
+                ok = self._covers[key] = glyph_shape(font, ch) != no_glyph
             if not ok:
-                return False
-        return True
+                out.add(ch)
+        return out
 
 
 def glyph_shape(font: Font, ch: str) -> tuple[tuple[int, int], bytes]:

@@ -1,8 +1,8 @@
 """`MixedPipeline`: a room's subscribed tracks → one composited picture and one audio mix.
 
 The pipeline is a thread body (`run`). Each loop it drains every subscribed track, decodes, and
-produces output for task time T at monotonic time `t0 + T + latency` (MEDIA.md §1) at the latest,
-and sooner once every live source has delivered media `READY_MARGIN` past T (nothing later can
+produces output for task time T by monotonic time `t0 + T + latency` (MEDIA.md §1; plus up to one
+`DRAIN_INTERVAL`, the loop's cadence), and sooner once every live source has delivered media `READY_MARGIN` past T (nothing later can
 belong there then, short of reordering; the window is a deadline for late sources, not a delay for
 all, so a recording shows its first picture a frame or two after it starts): video ticks
 T_n = n / fps show, per tile, the decoded frame whose task time is nearest to T_n; audio is pulled
@@ -48,18 +48,19 @@ from cloudrec.media.timing import from_pts, samples_until, ticks_until, unit_tas
 
 logger = logging.getLogger(__name__)
 
-MAX_QUEUED_FRAMES = 30  # decoded frames kept per video source ahead of the output
-# Once the first picture is written the loop drains its sources every DRAIN_INTERVAL and decodes,
+# Once the first picture is written the loop drains its sources every DRAIN_INTERVAL (counted from
+# the start of one drain to the next; at once when output is behind its deadline) and decodes,
 # composes and encodes everything due in one go: several frames of a codec in a row keep its working
 # set in cache, and there are fewer wake-ups. Against a drain every 20 ms that is ~10 % less CPU for
-# the same output (bench/mix_cpu's 4-user mix: 6.6–7.4 → 5.9–6.4 CPU s); output goes out at most
+# the same output (bench/mix_cpu's 4-user mix: 6.6–7.4 → 5.9–6.4 CPU s); output goes out up to
 # this much later. Before it, the loop drains every START_DRAIN_INTERVAL for start latency.
 DRAIN_INTERVAL = 0.1
 START_DRAIN_INTERVAL = 0.02
 MAX_BEHIND_SECONDS = 0.5  # video further behind than this skips ticks
+MAX_SOURCE_FPS = 60  # the decoded-frame queue of each source is sized for this rate
 LATE_TOLERANCE = 0.001  # seconds
 READY_MARGIN = 0.05  # seconds every source must be past a time before it is output early (reordering)
-CATCHUP_UNITS = 8  # video units drained at once that make a backlog worth decoding beside the others
+CATCHUP_UNITS = 8  # video units in a subscription's first drain that make it worth decoding beside the others
 AUDIO_PRIME_SECONDS = 0.1  # audio before task zero decoded only this far back (decoder state, not output)
 
 _pool: ThreadPoolExecutor | None = None
@@ -97,6 +98,7 @@ class _VideoTrack:
     queue: deque[tuple[float, av.VideoFrame]] = field(default_factory=deque)
     held: tuple[float, av.VideoFrame] | None = None
     flushed: bool = False
+    drained: bool = False  # has delivered units (its first drain is the backlog of the keyframe cache)
 
 
 @dataclass(slots=True)
@@ -142,6 +144,9 @@ class MixedPipeline:
         self._sinks = list(sinks)
         self._t0 = t0
         self._latency = latency
+        # Decoded frames kept per video source ahead of the output: while a silent source holds the
+        # mix at its deadline the others queue up to (latency + a drain + skipping's limit) of frames.
+        self._max_queued = math.ceil((latency + DRAIN_INTERVAL + MAX_BEHIND_SECONDS) * MAX_SOURCE_FPS)
         self._clock = clock
         self._gap = gap_seconds
         self._placeholder_after = max(gap_seconds, placeholder_seconds)
@@ -252,7 +257,10 @@ class MixedPipeline:
                     audio_until = max(out_until, self._audio_ready(mixer) - READY_MARGIN)
                     self._emit_audio(samples_until(audio_until, rate), aenc, mixer, a_index, partial=False)
                 self._publish_stats()
-                stop.wait(self._drain_interval())
+                # The rest of the drain interval; none when output fell behind its deadline meanwhile.
+                behind = venc is not None and ticks_until(self._clock() - self._t0 - self._latency, fps) > tick
+                if not behind:
+                    stop.wait(max(0.0, now + self._drain_interval() - self._clock()))
             # Stop: finish the timeline up to the stop time, so the files cover the whole task.
             end = self._clock() - self._t0
             self._apply_update(comp)
@@ -350,12 +358,13 @@ class MixedPipeline:
         # A new subscription brings the GOP since the last keyframe (up to seconds of frames per user):
         # several such backlogs are decoded side by side, so the first picture waits for the longest
         # one rather than for their sum. Decoders release the GIL; each track is on one thread.
-        backlogs = [(vt, units) for vt, units in drained if len(units) >= CATCHUP_UNITS]
+        backlogs = [(vt, units) for vt, units in drained if not vt.drained and len(units) >= CATCHUP_UNITS]
         caught_up: dict[int, list[av.VideoFrame]] = {}
         if len(backlogs) > 1:
             results = _catchup_pool().map(lambda backlog: self._decode_video(*backlog), backlogs)
             caught_up = {id(vt): frames for (vt, _), frames in zip(backlogs, results)}
         for vt, units in drained:
+            vt.drained = vt.drained or bool(units)
             frames = caught_up.get(id(vt))
             if frames is None:
                 frames = self._decode_video(vt, units)
@@ -415,7 +424,7 @@ class MixedPipeline:
         if vt.queue and tt <= vt.queue[-1][0]:
             return  # out of order or duplicate
         vt.queue.append((tt, frame))
-        while len(vt.queue) > MAX_QUEUED_FRAMES:
+        while len(vt.queue) > self._max_queued:
             vt.queue.popleft()
             self._dropped_frames += 1
 

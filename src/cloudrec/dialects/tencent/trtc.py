@@ -437,11 +437,11 @@ def _watermark(wm: Obj, video: VideoEncoding) -> Watermark:
         ch = wm.obj("WaterMarkChar", required=True)
         assert ch is not None
         x, y, w, h = _box(ch, video)
-        return Watermark(kind=WatermarkKind.TEXT, x=x, y=y, width=w, height=h, font=_font(ch),
+        return Watermark(kind=WatermarkKind.TEXT, x=x, y=y, width=w, height=h,
                          text=ch.req_str("Chars", max_len=1024),
                          font_size=ch.integer("FontSize", default=14, lo=1, hi=_CANVAS_MAX) or 14,
                          font_color=_color(ch, "FontColor", (255, 255, 255)) or (255, 255, 255),
-                         text_background=_color(ch, "BackGroundColor", None))
+                         text_background=_color(ch, "BackGroundColor", None), font=_font(ch))
     ts = wm.obj("WaterMarkTimestamp", required=True)
     assert ts is not None
     return Watermark(kind=WatermarkKind.TIMESTAMP, position=Corner(ts.req_int("Pos", choices=tuple(range(7)))),
