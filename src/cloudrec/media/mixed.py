@@ -2,9 +2,10 @@
 
 The pipeline is a thread body (`run`). Each loop it drains every subscribed track, decodes, and
 produces output for task time T by monotonic time `t0 + T + latency` (MEDIA.md §1; plus up to one
-`DRAIN_INTERVAL`, the loop's cadence), and sooner once every live source has delivered media `READY_MARGIN` past T (nothing later can
-belong there then, short of reordering; the window is a deadline for late sources, not a delay for
-all, so a recording shows its first picture a frame or two after it starts): video ticks
+`DRAIN_INTERVAL`, the loop's cadence), and sooner once every live source has delivered media
+`READY_MARGIN` past T (nothing later can belong there then, short of reordering; the window is a
+deadline for late sources, not a delay for all, so a recording shows its first picture a frame or
+two after it starts): video ticks
 T_n = n / fps show, per tile, the decoded frame whose task time is nearest to T_n; audio is pulled
 from the mixer in encoder-sized chunks so that its sample count is always elapsed × rate. Each
 rendition is encoded once and the same units are written to every sink.
