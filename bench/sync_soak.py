@@ -2,7 +2,9 @@
 
 Not part of `make test` or `make bench` (it runs for as long as you ask). Usage:
 
-    .venv/bin/python -m bench.sync_soak --minutes 10 [--out bench/results/sync_soak.json]
+    .venv/bin/python -m bench.sync_soak --minutes 60 [--out bench/results/sync_soak.json]
+
+`make bench` shows the saved result in docs/BENCHMARKS.md.
 
 A `cloudrec serve` process is started on loopback; ffmpeg (imageio-ffmpeg) pushes the sync source
 over RTMP in real time (`-re -stream_loop -1`), three sample users are pulled in by StartStreamIngest
@@ -110,6 +112,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cloudrec-soak-") as tmp:
         result = soak(args.minutes, Path(tmp))
+    result = {"name": "sync_soak", "minutes": args.minutes, **result, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}
     text = json.dumps(result, indent=2)
     print(text)
     if args.out is not None:
