@@ -278,9 +278,7 @@ def parse_settings(raw: dict[str, Any], base_dir: Path) -> Settings:
     media = raw.get("media", {})
     http_host, http_port = _listen(server.get("http_listen", "127.0.0.1:8080"), "http_listen")
     rtmp_host, rtmp_port = _listen(server.get("rtmp_listen", "127.0.0.1:1935"), "rtmp_listen")
-    data_dir = Path(server.get("data_dir", "data"))
-    if not data_dir.is_absolute():
-        data_dir = (base_dir / data_dir).resolve()
+    data_dir = _path(str(server.get("data_dir", "data")), base_dir)
     font_path = _path(media["font_path"], base_dir) if media.get("font_path") else None
     fonts = media.get("fonts", {})
     if not isinstance(fonts, dict) or not all(isinstance(v, str) and v for v in fonts.values()):
