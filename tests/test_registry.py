@@ -94,3 +94,36 @@ def test_a_cached_gop_longer_than_the_queue_is_not_replayed_without_its_keyframe
     assert [u.pts for u in got] == [60_000] and got[0].key
     big = video.subscribe(maxsize=1024)
     assert big.drain()[0].key  # the whole GOP fits: replayed from its keyframe
+
+
+def test_watchers_hear_of_joins_tracks_first_media_blocks_and_leaves_until_they_stop() -> None:
+    room = RoomRegistry().room(RoomKey(1, "1"))
+    heard: list[int] = []
+    unwatch = room.watch(lambda: heard.append(room.version))
+    conn = room.connect("u")
+    assert len(heard) == 1
+    video = conn.add_track(TrackKind.MAIN)
+    assert len(heard) == 2
+    video.publish(unit(VIDEO, 0, key=True))  # the first unit: a recording waiting for media starts
+    video.publish(unit(VIDEO, 100))  # later units: no news
+    assert len(heard) == 3 and heard[-1] == room.version
+    room.set_blocked("u", True)
+    conn.leave()
+    assert len(heard) == 5 and heard[-1] == room.version
+    unwatch()
+    room.connect("v")
+    assert len(heard) == 5
+
+
+def test_a_failing_watcher_neither_stops_the_others_nor_the_publisher() -> None:
+    room = RoomRegistry().room(RoomKey(1, "1"))
+    heard: list[str] = []
+
+    def broken() -> None:
+        raise RuntimeError("watcher bug")
+
+    room.watch(broken)
+    room.watch(lambda: heard.append("ok"))
+    conn = room.connect("u")
+    conn.add_track(TrackKind.AUDIO).publish(unit(AUDIO, 0))
+    assert heard == ["ok", "ok", "ok"] and room.participant("u") is not None

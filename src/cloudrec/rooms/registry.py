@@ -2,7 +2,9 @@
 
 Publishers run in threads (ingest) or on the event loop (WHIP, RTMP); recorders read from threads.
 So everything here is guarded by one lock per room and subscriber queues are thread-safe.
-Recorders notice joins and leaves by watching `Room.version`.
+Recorders notice joins and leaves by watching `Room.version`, and are woken at once by a room's
+watchers: a recorder that only polled would subscribe to a newcomer up to a poll late, after a mix
+had already gone past the newcomer's first moments.
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ class Track:
         self._cache: deque[MediaUnit] = deque()
         self.closed = False
         self.units = 0
+        self.first_seconds: float | None = None  # room-clock time of the first unit
         self.last_unit_at: float | None = None  # monotonic
 
     def subscribe(self, maxsize: int = 1024) -> TrackSubscriber:
@@ -116,6 +119,9 @@ class Track:
             self._remember(unit)
             subs = list(self._subscribers)
         self.units += 1
+        if self.units == 1:  # a recording waiting for media starts now
+            self.first_seconds = unit.seconds
+            self.participant.room.notify()
         self.last_unit_at = time.monotonic()
         for sub in subs:
             sub.put(unit)
@@ -189,7 +195,7 @@ class Connection:
             old = self.participant.tracks.get(kind)
             track = Track(self.participant, kind)
             self.participant.tracks[kind] = track
-            self.room.version += 1
+            self.room.changed()
         if old is not None:
             old.close()
         logger.info("track published", extra={"room": str(self.room.key), "user_id": self.user_id, "track": kind.value})
@@ -198,7 +204,7 @@ class Connection:
     def remove_track(self, kind: TrackKind) -> None:
         with self.room.lock:
             track = self.participant.tracks.pop(kind, None) if kind in self.kinds and not self.closed else None
-            self.room.version += 1
+            self.room.changed()
         if track is not None:
             track.close()
 
@@ -250,6 +256,33 @@ class Room:
         self._seq = itertools.count()
         self.blocked: set[str] = set()
         self.dismissed = False
+        self._watchers: list[Callable[[], None]] = []
+
+    def watch(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` (from any thread, maybe under the room lock: it must only schedule work)
+        whenever the room changes or a track gets its first unit; returns the function that stops it."""
+        with self.lock:
+            self._watchers.append(callback)
+
+        def unwatch() -> None:
+            with self.lock:
+                if callback in self._watchers:
+                    self._watchers.remove(callback)
+        return unwatch
+
+    def changed(self) -> None:
+        """Under the lock: who is in the room or what they publish changed."""
+        self.version += 1
+        self.notify()
+
+    def notify(self) -> None:
+        with self.lock:
+            watchers = list(self._watchers)
+        for callback in watchers:
+            try:
+                callback()
+            except Exception:
+                logger.exception("room watcher failed", extra={"room": str(self.key)})
 
     def connect(self, user_id: str, kinds: frozenset[TrackKind] = CAMERA_KINDS,
                 on_removed: Callable[[], None] | None = None) -> Connection:
@@ -265,7 +298,7 @@ class Room:
             closing = [self._detach(c, keep_user=True) for c in displaced]
             conn = Connection(p, kinds, on_removed)
             p.connections.append(conn)
-            self.version += 1
+            self.changed()
             self.dismissed = False
         for tracks in closing:
             for t in tracks:
@@ -288,7 +321,7 @@ class Room:
             del self._participants[p.user_id]
             tracks += list(p.tracks.values())
             p.tracks = {}
-        self.version += 1
+        self.changed()
         return tracks
 
     def disconnect(self, conn: Connection) -> None:
@@ -320,7 +353,7 @@ class Room:
     def set_blocked(self, user_id: str, blocked: bool) -> None:
         with self.lock:
             (self.blocked.add if blocked else self.blocked.discard)(user_id)
-            self.version += 1
+            self.changed()
 
     def snapshot(self) -> RoomSnapshot:
         with self.lock:

@@ -98,7 +98,8 @@ class Session:
         self.config = config
         self.spec_version = task.spec_version
         self.local_stop: StopReason | None = None
-        self.kick = asyncio.Event()  # set to re-check the store at once
+        self.kick = asyncio.Event()  # set to re-check the store (and the room) at once
+        self.loop = asyncio.get_running_loop()
         self.log = {"task_id": task.id}
 
     def lag_seconds(self) -> float:
@@ -108,6 +109,13 @@ class Session:
     def request_stop(self, reason: StopReason) -> None:
         self.local_stop = reason
         self.kick.set()
+
+    def kick_threadsafe(self) -> None:
+        """Wake the session from any thread (a room change)."""
+        try:
+            self.loop.call_soon_threadsafe(self.kick.set)
+        except RuntimeError:  # the loop is closed: nothing left to wake
+            pass
 
     async def _sleep(self) -> None:
         try:
@@ -168,7 +176,6 @@ class RecordingSession(Session):
         self.name_prefix = ""  # "ha<N>_" after the N-th takeover (A.8 failover names), so nothing is overwritten
         self.taken_names = naming.TakenNames()  # pattern names never repeat in a task (also across takeovers)
         self.events: asyncio.Queue[FileEvent] = asyncio.Queue()
-        self.loop = asyncio.get_running_loop()
         self.single: dict[tuple[str, str, str], _SingleGroup] = {}
         self.single_factories: dict[tuple[str, str, str], SinkFactory] = {}
         self.retired: list[_Thread] = []  # pipelines told to stop, still finalizing
@@ -196,6 +203,7 @@ class RecordingSession(Session):
         idle_since = time.monotonic()
         reason: StopReason | None = None
         self._fetch_pictures()
+        unwatch = self.room.watch(self.kick_threadsafe)  # joins, leaves and first media at once, not a poll later
         try:
             while reason is None:
                 reason, changed = await self._poll_store()
@@ -228,6 +236,8 @@ class RecordingSession(Session):
         except Exception:
             logger.exception("recording session failed", extra=self.log)
             reason = StopReason.FAILED
+        finally:
+            unwatch()
         await self._finish(reason)
 
     # --- scheduled window (not_before / not_after) ------------------------------------------------
@@ -477,7 +487,7 @@ class RecordingSession(Session):
         if self.mix is None:
             if not any(t.units for t in wanted.values()):
                 return  # the recording starts with the first media (BeginTimeStamp)
-            self._start_mix()
+            self._start_mix(wanted)
         mix = self.mix
         assert mix is not None
         changed = snapshot.version != mix.room_version or self.spec.layout != mix.layout_sent
@@ -504,10 +514,10 @@ class RecordingSession(Session):
         mix.room_version = snapshot.version
         mix.layout_sent = self.spec.layout
 
-    def _start_mix(self) -> None:
+    def _start_mix(self, wanted: dict[tuple[str, TrackKind], Track]) -> None:
         spec = self.spec
-        t0 = time.monotonic()
-        wall0_ms = int(time.time() * 1000)
+        t0 = self._mix_zero(wanted)
+        wall0_ms = int((time.time() - (time.monotonic() - t0)) * 1000)
         # Audio-file outputs only (AAC/MP3): no picture is composed or encoded at all.
         video = spec.stream_type.video and not spec.outputs <= {Container.AAC, Container.MP3}
         sinks = make_sinks(
@@ -527,6 +537,17 @@ class RecordingSession(Session):
         self.mix = _MixState(pipeline=pipeline, thread=_Thread(f"mix-{self.task.id[:8]}", pipeline.run, self.task.id))
         self.pipelines.append(pipeline)
         logger.info("mix started", extra=self.log)
+
+    def _mix_zero(self, wanted: dict[tuple[str, TrackKind], Track]) -> float:
+        """Task zero of the mix (monotonic = room clock): the first media if it came after the task
+        was created, so that the moment it took to notice it is not cut off its start (nor a black
+        frame put before media published ahead of time), else now. Never further back than the
+        latency window: output for earlier times would be late already."""
+        now = time.monotonic()
+        firsts = [t.first_seconds for t in wanted.values() if t.first_seconds is not None]
+        created = now - max(0.0, time.time() - self.task.created_at)
+        first = min(firsts, default=now)
+        return max(first if first >= created else now, now - self.config.latency_seconds)
 
     # --- single-stream ----------------------------------------------------------------------
     def _groups(self, wanted: dict[tuple[str, TrackKind], Track]) -> dict[tuple[str, str, str], dict[TrackKind, Track]]:
