@@ -10,18 +10,24 @@ from __future__ import annotations
 
 import sqlite3
 import struct
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import av
+import httpx
 import pytest
 
+from cloudrec.dialects.tencent.css_push import push_query
 from cloudrec.output.mp4 import FRAGMENT_SECONDS
+from cloudrec.tools.samples import SampleSpec, write_sample
 from cloudrec.storage.playlist import segment_names
 from tests.callback_receiver import Receiver
 from tests.s3_servers import Seaweed, seaweed
 from tests.support import running_server, served_samples, wait_for
+from tests.test_css_api import lcall, live
+from tests.test_css_push_e2e import FFMPEG
 from tests.test_storage_s3 import APP, BUCKET, cloud_storage, config, download_hls, record, start_ingest, stop
 
 MAX_FRAGMENT_SECONDS = 2.0  # the issue's bound; the sinks cut every FRAGMENT_SECONDS (1 s) and at keyframes
@@ -166,3 +172,65 @@ def test_kill_9_leaves_playable_files_and_restart_finishes_the_tasks(tmp_path: P
     assert frames > 30
     p310 = next(g.json for g in receiver.delivered(mixed) if g.event_type == 310)["EventInfo"]["Payload"]
     assert p310["Status"] == 0 and set(p310["FileList"]) == {f"{base}_1.mp4", f"ha1_{base}_1.mp4"}
+
+
+CSS_DOMAIN = "crash.push.example.com"
+CSS_PUSH_KEY = "crash-push-key"
+
+
+def test_kill_9_of_a_css_recording_keeps_the_file_whose_name_waits_for_its_end_time(tmp_path: Path) -> None:
+    """CSS names files by their start and end (`{StreamID}_{Start…}_{End…}` by default), so a file is
+    written under a provisional name until it ends. Killed in the middle, it is still in the store:
+    after the restart it gets the name its end gives it, is stored and reported (event_type 100)."""
+    receiver = Receiver().up()
+    extra = (f'[css]\nappid = 1250000000\n[[css.domains]]\nname = "{CSS_DOMAIN}"\npush_key = "{CSS_PUSH_KEY}"\n'
+             f'callback_url = "{receiver.url}"\ncallback_key = "k"\n')
+    clip = write_sample(SampleSpec(path=tmp_path / "clip.mp4", label="css", color=(40, 200, 40), seconds=4, gop=15))
+    stream = "crashlive"
+    with running_server(tmp_path / "srv", extra) as server:
+        push = subprocess.Popen(
+            [FFMPEG, "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(clip), "-c", "copy",
+             "-rtmp_tcurl", f"rtmp://{CSS_DOMAIN}:{server.rtmp_port}/live", "-f", "flv",
+             f"rtmp://127.0.0.1:{server.rtmp_port}/live/{stream}?{push_query(CSS_PUSH_KEY, stream, int(time.time()) + 600)}"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            client = live(server.url.removeprefix("http://"))
+            template = lcall(client, "CreateLiveRecordTemplate", {"TemplateName": "crash", "Mp4Param": {"Enable": 1, "RecordInterval": 1800}}).TemplateId
+            now = int(time.time())
+            task_id = lcall(client, "CreateRecordTask", {"DomainName": CSS_DOMAIN, "AppName": "live", "StreamName": stream,
+                                                         "EndTime": now + 3600, "TemplateId": template}).TaskId
+            db_path = tmp_path / "srv" / "data" / "cloudrec.db"
+
+            def provisional() -> list[tuple[str, int]]:
+                with sqlite3.connect(db_path) as db:
+                    return list(db.execute("SELECT name, begin_ms FROM files WHERE task_id = ? AND kind = 'file' AND NOT final "
+                                           "AND pending != ''", (task_id,)))
+            wait_for(lambda: bool(provisional()), 30, what="the provisional MP4 record")
+            time.sleep(4)
+            killed_ms = time.time() * 1000
+            server.proc.kill()  # SIGKILL: the file is never closed or renamed by this run
+            server.proc.wait(10)
+        finally:
+            push.kill()
+            push.wait(10)
+    ((name, begin_ms),) = provisional()
+    spool_file = tmp_path / "srv" / "data" / "spool" / task_id / name
+    frames, seconds = last_video_seconds(spool_file)
+    assert frames > 30 and killed_ms - (begin_ms + seconds * 1000) < MAX_LOST_SECONDS * 1000
+
+    with running_server(tmp_path / "srv", extra) as again:
+        wait_for(lambda: any(g.json.get("task_id") == task_id and g.json.get("start_time") == begin_ms // 1000
+                             for g in receiver.got if g.answered == 200), 40, what="event 100 of the interrupted file")
+        lcall(live(again.url.removeprefix("http://")), "StopRecordTask", {"TaskId": task_id})
+    receiver.close()
+    body = next(g.json for g in receiver.got if g.json.get("task_id") == task_id and g.json.get("start_time") == begin_ms // 1000)
+    url = body["video_url"]
+    assert body["file_format"] == "mp4" and "open" not in url and url.endswith(".mp4")
+    # Its name holds its end: the last write before the kill (Beijing time, the default pattern's zone).
+    end = time.strftime("%Y-%m-%d-%H-%M-%S", time.gmtime(body["end_time"] + 8 * 3600))
+    assert url.endswith(f"_{end}.mp4") and abs(body["end_time"] * 1000 - killed_ms) < 3000, (url, body["end_time"], killed_ms)
+    local = tmp_path / "stored.mp4"
+    local.write_bytes(httpx.get(url, timeout=10).content)
+    assert len(local.read_bytes()) == body["file_size"]
+    frames, _ = last_video_seconds(local)
+    assert frames > 30

@@ -8,7 +8,7 @@ import av
 import pytest
 
 from cloudrec.core.media import FileEvent
-from cloudrec.core.naming import A8Names, PatternNames, TakenNames, safe_name
+from cloudrec.core.naming import A8Names, PatternNames, TakenNames, finish_pending, safe_name
 from cloudrec.core.spec import Container, NameScheme
 from cloudrec.output.factory import make_sinks
 from cloudrec.output.target import SinkTarget
@@ -40,6 +40,16 @@ def test_end_time_names_are_provisional_until_the_file_closes() -> None:
     assert n.renames("mp4")
     assert n.file("video", 1, START_MS, "mp4") == "room1/T1-0badf00d/063722_open000.mp4"
     assert n.file("video", 1, START_MS, "mp4", START_MS + 61_456) == "room1/T1-0badf00d/063722_063823579.mp4"
+
+
+def test_a_provisional_name_keeps_how_it_ends_so_a_crash_does_not_lose_it() -> None:
+    """What `pending` returns is all a restarted process has (the namer and its random part are
+    gone): it gives the same name as a normal close, in the scheme's time zone."""
+    n = names(NameScheme(formats=frozenset({Container.MP4}), tz_hours=8, file="{random}/{start:%H%M%S}_{end:%d-%H%M%S}{end_ms}"))
+    pending = n.pending("video", 1, START_MS, "mp4")
+    assert finish_pending(pending, START_MS + 61_456) == "0badf00d/143722_06-143823579.mp4"
+    assert n.file("video", 1, START_MS, "mp4", START_MS + 61_456) == "0badf00d/143722_06-143823579.mp4"
+    assert n.pending("video", 1, START_MS, "flv") == "" and A8Names("b", None).pending("video", 1, START_MS, "mp4") == ""
 
 
 @pytest.mark.parametrize("bad", ["../x", "a//b", "/abs", ".hidden", "a/./b", ""])
@@ -87,7 +97,10 @@ def test_sinks_write_named_files_in_directories_and_rename_at_close(tmp_path: Pa
         s.close()
 
     mp4 = [e for e in events if e.name.endswith(".mp4")]
-    assert [e.final for e in mp4] == [True]  # a provisional name is never reported
+    # reported under its provisional name (with how it ends) while written; renamed when it closes
+    assert [(e.final, bool(e.pending), e.replaces) for e in mp4] == [(False, True, ""), (True, False, mp4[0].name)]
+    assert mp4[0].name == "rec/alice/063722-open.mp4"
+    mp4 = mp4[1:]
     assert mp4[0].name.startswith("rec/alice/063722-06372") and "open" not in mp4[0].name
     assert not list(out.rglob("*open*"))
     assert probe(out / mp4[0].name)["frames"] == 150

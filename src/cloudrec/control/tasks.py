@@ -79,7 +79,9 @@ class TaskControl:
         return await self.store.event_kinds(task_id)
 
     async def files(self, task_id: str) -> list[FileRecord]:
-        return await self.store.list_files(task_id)
+        """The task's files; one still being written under a provisional name is not listed (its
+        name is not known before it ends)."""
+        return [f for f in await self.store.list_files(task_id) if not f.pending]
 
     async def modify_recording(self, app_id: int, task_id: str, *, layout: Layout | None, subscription: Subscription | None,
                                media_select: MediaSelect | None = None) -> None:

@@ -82,3 +82,5 @@ class FileEvent:
     begin_ms: int  # unix ms of the first media in it
     end_ms: int | None = None  # set when finished
     final: bool = False  # the file is complete and will not change
+    pending: str = ""  # a provisional name: how it is named when it ends (`naming.finish_pending`)
+    replaces: str = ""  # the provisional name this finished file had

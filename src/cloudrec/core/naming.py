@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 import threading
 from collections.abc import Iterable, Mapping
@@ -61,6 +62,7 @@ def file_name(base: str, track_type: str | None, index: int, ext: str) -> str:
 NAME_FIELDS = ("app", "room", "user", "media", "track", "label", "task", "random", "seq", "index", "start", "end",
                "start_ms", "end_ms")
 _FIELD = re.compile(r"\{(\w+)(?::([^{}]*))?\}")
+KEEP = "keep"  # an end time left as its placeholder (`FileNamer.pending`)
 
 
 class FileNamer(Protocol):
@@ -79,6 +81,28 @@ class FileNamer(Protocol):
     def renames(self, ext: str) -> bool:
         """Whether a closed file of this kind gets a new name (its name has the end time)."""
         ...
+
+    def pending(self, track: str, index: int, start_ms: int, ext: str) -> str:
+        """For a file that `renames`: what `finish_pending` needs to name it once its end is known
+        (kept with its record, so that a file cut short by a crash gets its name too); else ""."""
+        ...
+
+
+def finish_pending(pending: str, end_ms: int) -> str:
+    """The name a file recorded with `pending` (see `FileNamer.pending`) gets when it ends at `end_ms`
+    (not yet made unique in its task)."""
+    data = json.loads(pending)
+    tz = timezone(timedelta(hours=float(data["tz_hours"])))
+
+    def one(m: re.Match[str]) -> str:
+        key, fmt = m.group(1), m.group(2)
+        if key == "end":
+            return datetime.fromtimestamp(end_ms / 1000, tz=tz).strftime(fmt or "%Y%m%d%H%M%S")
+        if key == "end_ms":
+            return f"{end_ms % 1000:03d}"
+        return m.group(0)
+
+    return safe_name(_FIELD.sub(one, str(data["name"])))
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +123,9 @@ class A8Names:
 
     def renames(self, ext: str) -> bool:
         return False
+
+    def pending(self, track: str, index: int, start_ms: int, ext: str) -> str:
+        return ""
 
 
 def safe_name(name: str) -> str:
@@ -156,9 +183,13 @@ class PatternNames:
                 ms = values.get(f"{key}_ms_raw")
                 if ms is None:
                     return "open"  # provisional: the end of a file still being written
+                if ms == KEEP:
+                    return m.group(0)
                 return datetime.fromtimestamp(int(ms) / 1000, tz=tz).strftime(fmt or "%Y%m%d%H%M%S")
             if key in ("start_ms", "end_ms"):
                 ms = values.get(f"{key}_raw")
+                if ms == KEEP:
+                    return m.group(0)
                 return "000" if ms is None else f"{int(ms) % 1000:03d}"
             if key == "track":
                 return track
@@ -188,10 +219,19 @@ class PatternNames:
         scheme = self._scheme(Container(ext))
         if scheme is None:
             return self.fallback.file(track, index, start_ms, ext, end_ms)
-        values: dict[str, str | int | None] = {"start_ms_raw": start_ms, "end_ms_raw": end_ms, "index": index, "seq": 0}
+        if end_ms is not None and self.renames(ext):
+            return self._unique(finish_pending(self.pending(track, index, start_ms, ext), end_ms))
+        values: dict[str, str | int | None] = {"start_ms_raw": start_ms, "end_ms_raw": None, "index": index, "seq": 0}
         name = self._expand(scheme, scheme.file, track, values) + "." + ext
-        return name if end_ms is None and self.renames(ext) else self._unique(name)  # provisional names come and go
+        return name if self.renames(ext) else self._unique(name)  # provisional names come and go
 
     def renames(self, ext: str) -> bool:
         scheme = self._scheme(Container(ext))
         return scheme is not None and any(m.group(1) in ("end", "end_ms") for m in _FIELD.finditer(scheme.file))
+
+    def pending(self, track: str, index: int, start_ms: int, ext: str) -> str:
+        scheme = self._scheme(Container(ext))
+        if scheme is None or not self.renames(ext):
+            return ""
+        values: dict[str, str | int | None] = {"start_ms_raw": start_ms, "end_ms_raw": KEEP, "index": index, "seq": 0}
+        return json.dumps({"name": self._expand(scheme, scheme.file, track, values) + "." + ext, "tz_hours": scheme.tz_hours})

@@ -40,6 +40,9 @@ class FileRecord:
     begin_ms: int
     end_ms: int | None = None
     final: bool = False
+    # A file whose name holds its end time is recorded under a provisional name while it is written;
+    # this says how it is named when it ends (`naming.finish_pending`), also after a crash.
+    pending: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

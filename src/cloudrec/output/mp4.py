@@ -165,6 +165,7 @@ class RotatingFileSink(PacketSink):
         self._container: OutputContainer | None = None
         self._out: list[Stream] = []
         self._name = ""
+        self._pending = ""  # see `FileNamer.pending`
         self._track = ""
         self._offset = 0.0  # seconds subtracted in the current file
         self._begin_ms = 0
@@ -239,8 +240,10 @@ class RotatingFileSink(PacketSink):
         self._last_dts = {}
         self.files.append(self._name)
         logger.info("file started", extra={"file": self._name, "begin_ms": self._begin_ms})
-        if not self.target.names.renames(self.extension):  # a provisional name is never reported
-            self._emit(end_ms=None, final=False)
+        # A name with the end time is provisional until the file closes; its record keeps how to
+        # name it then, so that a file cut short by a crash is named (and stored) too.
+        self._pending = self.target.names.pending(self._track, self.index, self._begin_ms, self.extension)
+        self._emit(end_ms=None, final=False, pending=self._pending)
 
     def _mux(self, ours: int, unit: MediaUnit) -> None:
         container = self._container
@@ -274,17 +277,19 @@ class RotatingFileSink(PacketSink):
         except (av.error.FFmpegError, OSError) as exc:
             logger.warning("file not finalized", extra={"file": self._name, "error": str(exc)})
         end_ms = self.target.unix_ms(self._end_s)
-        if self.target.names.renames(self.extension):
+        provisional = ""
+        if self._pending:
             final = self.target.names.file(self._track, self.index, self._begin_ms, self.extension, end_ms)
             final_path = self.target.directory / final
             final_path.parent.mkdir(parents=True, exist_ok=True)
             os.replace(self.target.directory / self._name, final_path)
-            self.files[-1] = self._name = final
+            provisional, self.files[-1], self._name = self._name, final, final
         logger.info("file finished", extra={"file": self._name, "end_ms": end_ms})
-        self._emit(end_ms=end_ms, final=True)
+        self._emit(end_ms=end_ms, final=True, replaces=provisional)
 
-    def _emit(self, *, end_ms: int | None, final: bool) -> None:
-        self.target.report(self._streams, self._name, "file", self._begin_ms, end_ms, final=final)
+    def _emit(self, *, end_ms: int | None, final: bool, pending: str = "", replaces: str = "") -> None:
+        self.target.report(self._streams, self._name, "file", self._begin_ms, end_ms, final=final, pending=pending,
+                           replaces=replaces)
 
     @property
     def path(self) -> Path | None:

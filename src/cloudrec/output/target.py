@@ -36,8 +36,8 @@ class SinkTarget:
         return self.wall0_ms + round(task_seconds * 1000)
 
     def report(self, streams: Sequence[StreamInfo], name: str, kind: str, begin_ms: int, end_ms: int | None,
-               *, final: bool) -> None:
+               *, final: bool, pending: str = "", replaces: str = "") -> None:
         if self.on_event is not None:
             self.on_event(FileEvent(name=name, kind=kind, track_type=track_type_of(streams, self.track_type),
                                     user_id=self.user_id, media=self.media, begin_ms=begin_ms, end_ms=end_ms,
-                                    final=final))
+                                    final=final, pending=pending, replaces=replaces))

@@ -78,6 +78,13 @@ def _v6_task_not_before(conn: Connection) -> None:
         index.create(conn, checkfirst=True)
 
 
+def _v7_file_pending(conn: Connection) -> None:
+    """How a provisionally named file is named when it ends (also after a crash). A fresh database
+    got the column from `_v1_initial`."""
+    if "pending" not in {c["name"] for c in sa.inspect(conn).get_columns("files")}:
+        conn.execute(sa.text("ALTER TABLE files ADD COLUMN pending TEXT NOT NULL DEFAULT ''"))
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1_initial),
     (2, _v2_event_delivery),
@@ -85,6 +92,7 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (4, _v4_nonces),
     (5, _v5_schedules_templates),
     (6, _v6_task_not_before),
+    (7, _v7_file_pending),
 ]
 
 

@@ -206,10 +206,13 @@ class SqlTaskStore:
                 await self._queue_upload(conn, task_id, finish_uploads_on, "", "finish")
 
     async def put_file(self, task_id: str, file: FileRecord, *, events: Sequence[Event] = (),
-                       upload_on: str | None = None) -> None:
-        """Record `file`; with `upload_on` (a node), also queue it for upload from that node's spool."""
+                       upload_on: str | None = None, replaces: str = "") -> None:
+        """Record `file`; with `upload_on` (a node), also queue it for upload from that node's spool;
+        `replaces`: the provisional name it had, whose record it takes the place of."""
         f = tables.files
         async with self.engine.begin() as conn:
+            if replaces and replaces != file.name:
+                await conn.execute(f.delete().where(f.c.task_id == task_id, f.c.name == replaces))
             if upload_on is not None:
                 await self._queue_upload(conn, task_id, upload_on, file.name, file.kind)
             res = await conn.execute(
@@ -220,6 +223,7 @@ class SqlTaskStore:
                     f.insert().values(
                         task_id=task_id, name=file.name, kind=file.kind, track_type=file.track_type,
                         user_id=file.user_id, media=file.media, begin_ms=file.begin_ms, end_ms=file.end_ms, final=file.final,
+                        pending=file.pending,
                     )
                 )
             await self._insert_events(conn, task_id, events)
@@ -610,4 +614,4 @@ def _parts_match(column: sa.ColumnElement[str], parts: tuple[str | None, ...], *
 
 def _file_from_row(r: Any) -> FileRecord:
     return FileRecord(name=r.name, kind=r.kind, track_type=r.track_type, user_id=r.user_id, media=r.media,
-                      begin_ms=r.begin_ms, end_ms=r.end_ms, final=bool(r.final))
+                      begin_ms=r.begin_ms, end_ms=r.end_ms, final=bool(r.final), pending=r.pending or "")

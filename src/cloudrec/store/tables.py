@@ -46,6 +46,7 @@ files = sa.Table(
     sa.Column("begin_ms", sa.BigInteger, nullable=False),
     sa.Column("end_ms", sa.BigInteger),
     sa.Column("final", sa.Boolean, nullable=False, default=False),
+    sa.Column("pending", sa.Text, nullable=False, default=""),  # FileRecord.pending
     sa.UniqueConstraint("task_id", "name", name="files_task_name"),
 )
 

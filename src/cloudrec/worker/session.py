@@ -320,11 +320,13 @@ class RecordingSession(Session):
         `ha<N>_` prefix so that nothing of the earlier runs is overwritten."""
         files = await self.store.list_files(self.task.id)
         known = {f.name for f in files}
+        self.taken_names = naming.TakenNames(known)
         for f in files:
             if f.final:
                 continue
             path = self.directory / f.name
             end_ms = f.begin_ms
+            name = f.name
             try:
                 if f.kind == "playlist":
                     tmp = path.with_name(f".{path.name}.tmp")
@@ -333,15 +335,19 @@ class RecordingSession(Session):
                     tmp.write_text(text, encoding="utf-8")
                     os.replace(tmp, path)
                 end_ms = max(f.begin_ms, int(path.stat().st_mtime * 1000))  # the last write ≈ the last media
+                if f.pending:  # provisionally named: it gets the name its end gives it, as at a normal close
+                    name = self.taken_names.claim(naming.finish_pending(f.pending, f.end_ms or end_ms))
+                    (self.directory / name).parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(path, self.directory / name)
             except OSError:
                 logger.warning("interrupted file not in the spool", extra={**self.log, "file": f.name})
-            await self.store.put_file(self.task.id, replace(f, end_ms=f.end_ms or end_ms, final=True), upload_on=self.node)
-            logger.info("interrupted file closed", extra={**self.log, "file": f.name})
+            await self.store.put_file(self.task.id, replace(f, name=name, end_ms=f.end_ms or end_ms, final=True, pending=""),
+                                      upload_on=self.node, replaces=f.name)
+            logger.info("interrupted file closed", extra={**self.log, "file": name})
         if self.directory.is_dir():
             for path in self.directory.rglob("*.ts"):
                 if path.relative_to(self.directory).as_posix() not in known:
                     path.unlink(missing_ok=True)
-        self.taken_names = naming.TakenNames(known)
         runs = [int(m.group(1)) for f in files if (m := re.match(r"ha(\d+)_", f.name))]
         self.name_prefix = f"ha{max(runs, default=0) + 1}_"
         self.uploader.wake(self.task.id)
@@ -427,8 +433,8 @@ class RecordingSession(Session):
             await self.store.put_file(
                 self.task.id,
                 FileRecord(name=fe.name, kind=fe.kind, track_type=fe.track_type, user_id=fe.user_id, media=fe.media,
-                           begin_ms=fe.begin_ms, end_ms=fe.end_ms, final=fe.final),
-                upload_on=self.node if fe.final or fe.kind == "playlist" else None,
+                           begin_ms=fe.begin_ms, end_ms=fe.end_ms, final=fe.final, pending=fe.pending),
+                upload_on=self.node if fe.final or fe.kind == "playlist" else None, replaces=fe.replaces,
             )
             if self.begin_ms is None:
                 self.begin_ms = fe.begin_ms
