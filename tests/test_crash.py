@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import av
 import httpx
@@ -214,23 +215,26 @@ def test_kill_9_of_a_css_recording_keeps_the_file_whose_name_waits_for_its_end_t
             push.kill()
             push.wait(10)
     ((name, begin_ms),) = provisional()
-    spool_file = tmp_path / "srv" / "data" / "spool" / task_id / name
+    (spool_file,) = (tmp_path / "srv" / "data").rglob(f"{task_id}/{name}")  # the task's spool (a VOD task's own)
     frames, seconds = last_video_seconds(spool_file)
     assert frames > 30 and killed_ms - (begin_ms + seconds * 1000) < MAX_LOST_SECONDS * 1000
 
+    def interrupted() -> list[dict[str, Any]]:
+        return [g.json for g in receiver.got
+                if g.answered == 200 and g.json.get("task_id") == task_id and g.json.get("start_time") == begin_ms // 1000]
+
+    local = tmp_path / "stored.mp4"
     with running_server(tmp_path / "srv", extra) as again:
-        wait_for(lambda: any(g.json.get("task_id") == task_id and g.json.get("start_time") == begin_ms // 1000
-                             for g in receiver.got if g.answered == 200), 40, what="event 100 of the interrupted file")
+        wait_for(lambda: bool(interrupted()), 40, what="event 100 of the interrupted file")
         lcall(live(again.url.removeprefix("http://")), "StopRecordTask", {"TaskId": task_id})
+        (body,) = interrupted()
+        local.write_bytes(httpx.get(body["video_url"], timeout=10).content)
     receiver.close()
-    body = next(g.json for g in receiver.got if g.json.get("task_id") == task_id and g.json.get("start_time") == begin_ms // 1000)
     url = body["video_url"]
     assert body["file_format"] == "mp4" and "open" not in url and url.endswith(".mp4")
     # Its name holds its end: the last write before the kill (Beijing time, the default pattern's zone).
     end = time.strftime("%Y-%m-%d-%H-%M-%S", time.gmtime(body["end_time"] + 8 * 3600))
     assert url.endswith(f"_{end}.mp4") and abs(body["end_time"] * 1000 - killed_ms) < 3000, (url, body["end_time"], killed_ms)
-    local = tmp_path / "stored.mp4"
-    local.write_bytes(httpx.get(url, timeout=10).content)
     assert len(local.read_bytes()) == body["file_size"]
     frames, _ = last_video_seconds(local)
     assert frames > 30
