@@ -60,10 +60,11 @@ async def api(svc: Service, action: str, params: dict[str, Any]) -> Any:
     return await asyncio.to_thread(lcall, live(f"127.0.0.1:{svc.settings.http_port}"), action, params)
 
 
-async def push(svc: Service, stream: str, clip: Path, loops: int) -> asyncio.subprocess.Process:
-    """ffmpeg pushing `clip` `loops` + 1 times in real time, signed for `stream`, to the push domain."""
+async def push(svc: Service, stream: str, clip: Path, loops: int, query: str = "") -> asyncio.subprocess.Process:
+    """ffmpeg pushing `clip` `loops` + 1 times in real time, signed for `stream`, to the push domain
+    (with `query`'s parameters after the signature's)."""
     port = svc.rtmp.port
-    url = f"rtmp://127.0.0.1:{port}/live/{stream}?{push_query(PUSH_KEY, stream, int(time.time()) + 600)}"
+    url = f"rtmp://127.0.0.1:{port}/live/{stream}?{push_query(PUSH_KEY, stream, int(time.time()) + 600)}{query}"
     return await asyncio.create_subprocess_exec(
         FFMPEG, "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", str(loops), "-i", str(clip), "-c", "copy",
         "-rtmp_tcurl", f"rtmp://{DOMAIN}:{port}/live", "-f", "flv", url,
@@ -106,6 +107,7 @@ async def test_push_record_task_template_files_and_signed_callbacks(service: Ser
         assert body["event_type"] == 100 and body["appid"] == CSS_APPID
         assert (body["app"], body["appname"], body["stream_id"], body["channel_id"]) == (DOMAIN, "live", stream, stream)
         assert body["file_id"] == body["record_file_id"] and body["file_size"] > 0
+        assert body["record_temp_id"] == body["stream_param"] == ""  # a CreateRecordTask recording: no rule, no push URL
         assert 5 <= body["end_time"] - body["start_time"] <= 12 and 5 <= body["duration"] <= 12
         assert isinstance(body["callback_ext"], str)
         # The download URL serves the stored file; PyAV reopens it.
@@ -121,3 +123,21 @@ async def test_push_record_task_template_files_and_signed_callbacks(service: Ser
         report = await asyncio.to_thread(probe, local)
         assert report.video is not None and report.audio is not None and 6 < report.duration < 10, body["file_format"]
     await http.aclose()
+
+
+async def test_a_rule_recording_reports_its_template_and_the_push_urls_parameters(service: Service, receiver: Receiver,
+                                                                                  clip: Path) -> None:
+    template = (await api(service, "CreateLiveRecordTemplate", {
+        "TemplateName": "rule", "Mp4Param": {"Enable": 1, "RecordInterval": 1800}})).TemplateId
+    await api(service, "CreateLiveRecordRule", {"DomainName": DOMAIN, "AppName": "live", "TemplateId": template})
+    stream = "rulelive"
+    proc = await push(service, stream, clip, loops=0, query="&room=a%20b&x=1")  # ~4 s
+    assert await exit_code(proc, 40) == 0
+    async with asyncio.timeout(40):
+        while not (calls := [g.json for g in receiver.got if g.answered == 200 and g.json.get("stream_id") == stream]):
+            await asyncio.sleep(0.2)
+    (body,) = calls
+    assert body["file_format"] == "mp4" and body["record_temp_id"] == str(template)
+    params = body["stream_param"].split("&")  # the push URL's query, signature included
+    assert params[0].startswith("txSecret=") and params[1].startswith("txTime=") and params[2:] == ["room=a%20b", "x=1"]
+    assert body["task_id"] and body["sign"] == hashlib.md5(f"{CB_KEY}{body['t']}".encode()).hexdigest()

@@ -37,7 +37,7 @@ from cloudrec.dialects.tencent.css_callbacks import CssCallbacks
 from cloudrec.dialects.tencent.css_push import CssPushAuth, PushDomain, PushRefused
 from cloudrec.dialects.tencent.css_rooms import CSS_APP_ID, stream_of
 from cloudrec.dialects.tencent import css
-from cloudrec.dialects.tencent.css_rules import RuleRecorder
+from cloudrec.dialects.tencent.css_rules import RULE_SCOPE_PREFIX, RuleRecorder
 from cloudrec.dialects.tencent.gateway import TencentGateway
 from cloudrec.dialects.tencent.publish import PublishDenied, PublisherAuth
 from cloudrec.dialects.tencent.trtc import DIALECT as TRTC_DIALECT
@@ -114,6 +114,8 @@ class Service:
         self.aliyun = self._aliyun_gateway(settings, apps)
         self.ready = False
         self._task_receivers: dict[str, CallbackTarget | None] = {}  # ARTC tasks' NotifyUrl, by task id
+        self._css_push_queries: dict[RoomKey, str] = {}  # a CSS stream's latest admitted push: its query string
+        self._css_task_fields: dict[str, tuple[tuple[str, str], ...]] = {}  # rule tasks' callback fields, by task id
         self.publishers = PublisherAuth(apps)
         self.css_push = CssPushAuth([PushDomain(name=d.name, key=d.push_key, backup_key=d.backup_push_key, default=d.default)
                                      for d in settings.css.domains])
@@ -207,6 +209,7 @@ class Service:
         except PushRefused as exc:
             logger.info("rtmp publish refused", extra={"remote": request.remote, "host": request.host, "reason": exc.reason})
             return None
+        self._css_push_queries[push.room] = push.stream_param
         return PublishGrant(room=push.room, user_id=push.user_id)
 
     async def _authorize_webrtc(self, request: WebRtcRequest) -> WebRtcGrant | None:
@@ -251,14 +254,18 @@ class Service:
         except PushRefused as exc:
             logger.info("webrtc refused", extra={"kind": request.kind, "host": request.host, "reason": exc.reason})
             return None
+        self._css_push_queries[push.room] = push.stream_param
         return WebRtcGrant(room=push.room, user_id=push.user_id)
 
-    def _live_css_streams(self) -> list[RoomKey]:
-        """CSS streams being pushed now (their publisher, the stream name, is in the room)."""
-        live = []
+    def _live_css_streams(self) -> dict[RoomKey, str]:
+        """CSS streams being pushed now (their publisher, the stream name, is in the room), with the
+        query string of their latest push (admitted pushes of streams no longer live are forgotten)."""
+        live = {}
         for room in self.registry.rooms():
             if room.key.app_id == CSS_APP_ID and any(not t.closed for p in room.snapshot().participants for t in p.tracks.values()):
-                live.append(room.key)
+                live[room.key] = self._css_push_queries.get(room.key, "")
+        for key in [k for k in self._css_push_queries if k not in live and not self.registry.exists(k)]:
+            del self._css_push_queries[key]
         return live
 
     async def _receiver(self, event: OutboxEvent) -> CallbackTarget | None:
@@ -268,7 +275,7 @@ class Service:
             app = self.settings.app(event.room.app_id)
             return CallbackTarget(url=app.callback_url, key=app.callback_key) if app and app.callback_url else None
         if event.dialect == CSS_DIALECT:
-            return self._css_receiver(event)
+            return await self._css_receiver(event)
         if event.task_id not in self._task_receivers:  # a task's receiver never changes: read its spec once
             task = await self.store.get_task(event.task_id)
             if len(self._task_receivers) >= 10_000:
@@ -277,15 +284,24 @@ class Service:
                 from_plain(RecordingSpec, json.loads(task.spec)).callback if task is not None else None)
         return self._task_receivers[event.task_id]
 
-    def _css_receiver(self, event: OutboxEvent) -> CallbackTarget | None:
-        """CSS tasks report to their push domain's callback_url ([[css.domains]])."""
+    async def _css_receiver(self, event: OutboxEvent) -> CallbackTarget | None:
+        """CSS tasks report to their push domain's callback_url ([[css.domains]]). A rule's task also
+        names its template (`record_temp_id`) and the push it records (`stream_param`)."""
         try:
             domain = self.settings.css.domain(stream_of(event.room)[0])
         except ValueError:  # not a CSS stream's room
             return None
         if domain is None or not domain.callback_url:
             return None
-        return CallbackTarget(url=domain.callback_url, key=domain.callback_key, file_formats=CSS_REPORTED_FORMATS)
+        if event.task_id not in self._css_task_fields:  # fixed when the task is created: read once
+            schedule = await self.store.get_schedule(event.task_id)
+            if len(self._css_task_fields) >= 10_000:
+                self._css_task_fields.pop(next(iter(self._css_task_fields)))
+            self._css_task_fields[event.task_id] = (
+                (("record_temp_id", str(schedule.template_id)), ("stream_param", schedule.source_query))
+                if schedule is not None and schedule.scope.startswith(RULE_SCOPE_PREFIX) else ())
+        return CallbackTarget(url=domain.callback_url, key=domain.callback_key, file_formats=CSS_REPORTED_FORMATS,
+                              fields=self._css_task_fields[event.task_id])
 
     def _dev_usersig(self, app_id: str, user_id: str) -> str | None:
         app = self.settings.app(int(app_id)) if is_decimal(app_id) else None

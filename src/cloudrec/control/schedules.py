@@ -44,14 +44,14 @@ class ScheduleControl:
 
     # --- tasks ------------------------------------------------------------------------------
     async def create(self, spec: RecordingSpec, *, scope: str, start_s: int, end_s: int, template_id: int,
-                     listed: bool = True) -> str:
+                     listed: bool = True, source_query: str = "") -> str:
         """A task that records `spec` from `start_s` to `end_s`. LimitReached: too many alive tasks
         ("concurrency") or overlapping ones on this scope ("overlap"). `listed=False`: a task the
-        service started itself (a rule's), never listed."""
+        service started itself (a rule's, recording the push whose query is `source_query`), never listed."""
         now = self.clock()
         task = recording_record(spec, dialect=self.dialect, now=now, expires_at=float(end_s))
         schedule = ScheduleRecord(task_id=task.id, service=self.service, scope=scope, start_s=start_s, end_s=end_s,
-                                  template_id=template_id, created_at=now, hidden=not listed)
+                                  template_id=template_id, created_at=now, hidden=not listed, source_query=source_query)
         await self.store.create_scheduled(task, schedule, max_alive=self.limits.max_alive, max_overlap=self.limits.max_overlap)
         logger.info("scheduled recording created", extra={"task_id": task.id, "room": str(spec.room),
                                                           "start_s": start_s, "end_s": end_s})

@@ -80,6 +80,7 @@ class CallbackTarget:
     url: str
     key: str = field(default="", repr=False)
     file_formats: frozenset[str] = frozenset()  # FILE_FORMATS values reported one by one (dialects that can)
+    fields: tuple[tuple[str, str], ...] = ()  # the dialect's own fields for every callback of the task
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -21,6 +21,7 @@ class ScheduleRecord:
     stopped_s: int = 0  # when it was stopped for good through the API; 0 = never
     hidden: bool = False  # deleted through the API: no longer listed (a running recording goes on)
     created_at: float = 0.0
+    source_query: str = ""  # a rule's task: the query string of the push it records (CSS `stream_param`)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

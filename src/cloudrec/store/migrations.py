@@ -85,6 +85,13 @@ def _v7_file_pending(conn: Connection) -> None:
         conn.execute(sa.text("ALTER TABLE files ADD COLUMN pending TEXT NOT NULL DEFAULT ''"))
 
 
+def _v8_schedule_source_query(conn: Connection) -> None:
+    """The push a rule's task records (its query string, reported in CSS callbacks). A fresh
+    database got the column from `_v5_schedules_templates`."""
+    if "source_query" not in {c["name"] for c in sa.inspect(conn).get_columns("schedules")}:
+        conn.execute(sa.text("ALTER TABLE schedules ADD COLUMN source_query TEXT NOT NULL DEFAULT ''"))
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1_initial),
     (2, _v2_event_delivery),
@@ -93,6 +100,7 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (5, _v5_schedules_templates),
     (6, _v6_task_not_before),
     (7, _v7_file_pending),
+    (8, _v8_schedule_source_query),
 ]
 
 

@@ -483,7 +483,7 @@ class SqlTaskStore:
             await conn.execute(s.insert().values(
                 task_id=schedule.task_id, service=schedule.service, scope=schedule.scope, start_s=schedule.start_s,
                 end_s=schedule.end_s, template_id=schedule.template_id, stopped_s=0, hidden=schedule.hidden,
-                created_at=schedule.created_at))
+                created_at=schedule.created_at, source_query=schedule.source_query))
 
     async def get_schedule(self, task_id: str) -> ScheduleRecord | None:
         async with self.engine.connect() as conn:
@@ -591,7 +591,7 @@ class SqlTaskStore:
 def _schedule_from_row(r: Any) -> ScheduleRecord:
     return ScheduleRecord(task_id=r.task_id, service=r.service, scope=r.scope, start_s=int(r.start_s), end_s=int(r.end_s),
                           template_id=int(r.template_id), stopped_s=int(r.stopped_s), hidden=bool(r.hidden),
-                          created_at=r.created_at)
+                          created_at=r.created_at, source_query=r.source_query or "")
 
 
 def _template_from_row(r: Any) -> TemplateRecord:

@@ -111,6 +111,7 @@ schedules = sa.Table(  # the time window and API state of a scheduled task (one 
     sa.Column("stopped_s", sa.BigInteger, nullable=False, default=0),
     sa.Column("hidden", sa.Boolean, nullable=False, default=False),
     sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("source_query", sa.Text, nullable=False, default=""),  # ScheduleRecord.source_query
 )
 sa.Index("schedules_service_start", schedules.c.service, schedules.c.start_s)
 sa.Index("schedules_scope", schedules.c.service, schedules.c.scope)

@@ -27,8 +27,11 @@ def sign(key: str, t: int) -> str:
     return hashlib.md5(f"{key}{t}".encode()).hexdigest()
 
 
-def body(ev: OutboxEvent, key: str, *, sent_ms: int, appid: int, stream_param: str = "") -> dict[str, Any] | None:
-    """The event_type 100 body for a FILE_STORED event of a reported format, else None."""
+def body(ev: OutboxEvent, key: str, *, sent_ms: int, appid: int, record_temp_id: str = "",
+         stream_param: str = "") -> dict[str, Any] | None:
+    """The event_type 100 body for a FILE_STORED event of a reported format, else None. A rule's
+    (template-bound) recording names its template and the push URL's query string; a
+    CreateRecordTask recording leaves both empty, as Tencent does."""
     p: Mapping[str, Any] = ev.event.payload
     if ev.event.kind is not EventKind.FILE_STORED or p.get("format") not in REPORTED_FORMATS:
         return None
@@ -48,7 +51,7 @@ def body(ev: OutboxEvent, key: str, *, sent_ms: int, appid: int, stream_param: s
         "channel_id": stream_name,
         "file_id": fid,
         "record_file_id": fid,
-        "record_temp_id": "",  # non-empty only for rule (template-bound) recordings, which tasks are not
+        "record_temp_id": record_temp_id,
         "file_format": p["format"],
         "task_id": ev.task_id,
         "start_time": begin_ms // 1000,
@@ -57,7 +60,7 @@ def body(ev: OutboxEvent, key: str, *, sent_ms: int, appid: int, stream_param: s
         "end_time_usec": end_ms % 1000 * 1000,
         "duration": round(max(0, end_ms - begin_ms) / 1000),
         "file_size": int(p.get("size") or 0),
-        "stream_param": stream_param,  # Tencent leaves it empty for CreateRecordTask recordings
+        "stream_param": stream_param,
         "video_url": str(p.get("url", "")),
         "media_start_time": 0,  # we do not keep the pulled stream's first PTS
         "record_bps": 0,  # recorded from the original stream, not a transcode
@@ -75,7 +78,9 @@ class CssCallbacks:
     def format(self, ev: OutboxEvent, target: CallbackTarget, *, sent_ms: int) -> CallbackRequest | None:
         if target.file_formats and ev.event.payload.get("format") not in target.file_formats:
             return None
-        fields = body(ev, target.key, sent_ms=sent_ms, appid=self.appid)
+        task = dict(target.fields)  # a rule's task: record_temp_id, stream_param
+        fields = body(ev, target.key, sent_ms=sent_ms, appid=self.appid, record_temp_id=task.get("record_temp_id", ""),
+                      stream_param=task.get("stream_param", ""))
         if fields is None:
             return None
         return CallbackRequest(body=json.dumps(fields, separators=(",", ":")).encode(),

@@ -1,7 +1,8 @@
 """Recording rules at work (spec §4): every push of a stream a rule matches is recorded with the
 rule's template, one task per push session (it ends when the push does).
 
-The service hands in what is live (`live_streams`: CSS rooms with a publisher); rules are looked up
+The service hands in what is live (`live_streams`: CSS rooms with a publisher, and the query string
+of each one's push, which the task keeps for its callbacks' `stream_param`); rules are looked up
 most specific first: domain/app/stream, then domain/app (empty StreamName), then domain alone.
 Rule tasks are not listed by DescribeRecordTask (only CreateRecordTask's are) and do not count
 against the 3 overlapping tasks of a stream.
@@ -13,7 +14,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from cloudrec.control.schedules import ScheduleControl
@@ -31,7 +32,7 @@ IDLE_SECONDS = 3  # the push is over when its stream has had no publisher this l
 
 
 class RuleRecorder:
-    def __init__(self, control: ScheduleControl, live_streams: Callable[[], Iterable[RoomKey]], *,
+    def __init__(self, control: ScheduleControl, live_streams: Callable[[], Mapping[RoomKey, str]], *,
                  poll_seconds: float = 1.0, clock: Callable[[], float] = time.time) -> None:
         self.control = control
         self.live_streams = live_streams
@@ -52,16 +53,16 @@ class RuleRecorder:
 
     async def tick(self) -> None:
         await self._forget_ended()
-        live = [room for room in self.live_streams() if room not in self.active]
+        live = {room: query for room, query in self.live_streams().items() if room not in self.active}
         if not live:
             return
         rules = {r.scope: r.template_id for r in await self.control.rules()}
-        for room in live:
+        for room, query in live.items():
             domain, app_name, stream = stream_of(room)
             template_id = next((rules[k] for k in (f"{domain}/{app_name}/{stream}", f"{domain}/{app_name}/", f"{domain}//")
                                 if k in rules), None)
             if template_id is not None:
-                await self._start(room, domain, app_name, stream, template_id)
+                await self._start(room, domain, app_name, stream, template_id, query)
 
     async def _forget_ended(self) -> None:
         for room, task_id in list(self.active.items()):
@@ -69,7 +70,7 @@ class RuleRecorder:
             if task is None or task.state is TaskState.ENDED:
                 del self.active[room]
 
-    async def _start(self, room: RoomKey, domain: str, app_name: str, stream: str, template_id: int) -> None:
+    async def _start(self, room: RoomKey, domain: str, app_name: str, stream: str, template_id: int, query: str) -> None:
         try:
             template = (await self.control.template(template_id)).body
         except NotFound:
@@ -81,7 +82,7 @@ class RuleRecorder:
         try:
             self.active[room] = await self.control.create(spec, scope=RULE_SCOPE_PREFIX + room.room_id, start_s=now,
                                                           end_s=now + RULE_TASK_SECONDS, template_id=template_id,
-                                                          listed=False)
+                                                          listed=False, source_query=query)
         except CloudrecError:
             logger.warning("recording rules: task not created", extra={"room": str(room)}, exc_info=True)
             return
