@@ -95,3 +95,30 @@ async def test_a_nonce_is_taken_once_until_it_expires_whatever_its_length(tmp_pa
         assert await store.use_nonce(long, now=2000.0, expires_at=2900.0)  # its window has passed
     finally:
         await store.stop()
+
+
+async def test_upgrade_adds_the_provisional_name_and_push_query_columns_and_keeps_the_rows(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "cloudrec.db"
+    store = SqlTaskStore(f"sqlite+aiosqlite:///{path}")
+    await store.start()
+    await store.create_task(task("t1"), max_alive=2)
+    await store.put_file("t1", FileRecord(name="a.mp4", kind="file", track_type="video", user_id="u", media="main", begin_ms=1))
+    await store.stop()
+    with sqlite3.connect(path) as db:  # the schema of version 6
+        db.execute("ALTER TABLE files DROP COLUMN pending")
+        db.execute("ALTER TABLE schedules DROP COLUMN source_query")
+        db.execute("DELETE FROM schema_version WHERE version >= 7")
+    again = SqlTaskStore(f"sqlite+aiosqlite:///{path}")
+    await again.start()
+    assert [(f.name, f.pending) for f in await again.list_files("t1")] == [("a.mp4", "")]
+    await again.put_file("t1", FileRecord(name="b_open.mp4", kind="file", track_type="video", user_id="u", media="main",
+                                          begin_ms=2, pending='{"name": "b_{end}.mp4", "tz_hours": 0}'))
+    await again.put_file("t1", FileRecord(name="b_20250101.mp4", kind="file", track_type="video", user_id="u", media="main",
+                                          begin_ms=2, end_ms=3, final=True), replaces="b_open.mp4")
+    assert [(f.name, f.final) for f in await again.list_files("t1")] == [("a.mp4", False), ("b_20250101.mp4", True)]
+    await again.stop()
+    with sqlite3.connect(path) as db:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(schedules)")}
+    assert "source_query" in columns
