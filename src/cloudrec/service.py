@@ -113,9 +113,8 @@ class Service:
         self.apps = apps
         self.aliyun = self._aliyun_gateway(settings, apps)
         self.ready = False
-        self._task_receivers: dict[str, CallbackTarget | None] = {}  # ARTC tasks' NotifyUrl, by task id
+        self._task_receivers: dict[str, CallbackTarget | None] = {}  # ARTC and CSS tasks' receivers, by task id
         self._css_push_queries: dict[RoomKey, str] = {}  # a CSS stream's latest admitted push: its query string
-        self._css_task_fields: dict[str, tuple[tuple[str, str], ...]] = {}  # rule tasks' callback fields, by task id
         self.publishers = PublisherAuth(apps)
         self.css_push = CssPushAuth([PushDomain(name=d.name, key=d.push_key, backup_key=d.backup_push_key, default=d.default)
                                      for d in settings.css.domains])
@@ -274,15 +273,17 @@ class Service:
         if event.dialect == TRTC_DIALECT:
             app = self.settings.app(event.room.app_id)
             return CallbackTarget(url=app.callback_url, key=app.callback_key) if app and app.callback_url else None
-        if event.dialect == CSS_DIALECT:
-            return await self._css_receiver(event)
-        if event.task_id not in self._task_receivers:  # a task's receiver never changes: read its spec once
-            task = await self.store.get_task(event.task_id)
+        if event.task_id not in self._task_receivers:  # a task's receiver never changes: look it up once
             if len(self._task_receivers) >= 10_000:
                 self._task_receivers.pop(next(iter(self._task_receivers)))
-            self._task_receivers[event.task_id] = (
-                from_plain(RecordingSpec, json.loads(task.spec)).callback if task is not None else None)
+            self._task_receivers[event.task_id] = await (
+                self._css_receiver(event) if event.dialect == CSS_DIALECT else self._spec_receiver(event))
         return self._task_receivers[event.task_id]
+
+    async def _spec_receiver(self, event: OutboxEvent) -> CallbackTarget | None:
+        """The receiver the task's request named (ARTC `NotifyUrl`)."""
+        task = await self.store.get_task(event.task_id)
+        return from_plain(RecordingSpec, json.loads(task.spec)).callback if task is not None else None
 
     async def _css_receiver(self, event: OutboxEvent) -> CallbackTarget | None:
         """CSS tasks report to their push domain's callback_url ([[css.domains]]). A rule's task also
@@ -293,15 +294,11 @@ class Service:
             return None
         if domain is None or not domain.callback_url:
             return None
-        if event.task_id not in self._css_task_fields:  # fixed when the task is created: read once
-            schedule = await self.store.get_schedule(event.task_id)
-            if len(self._css_task_fields) >= 10_000:
-                self._css_task_fields.pop(next(iter(self._css_task_fields)))
-            self._css_task_fields[event.task_id] = (
-                (("record_temp_id", str(schedule.template_id)), ("stream_param", schedule.source_query))
-                if schedule is not None and schedule.scope.startswith(RULE_SCOPE_PREFIX) else ())
+        schedule = await self.store.get_schedule(event.task_id)
+        fields = (("record_temp_id", str(schedule.template_id)), ("stream_param", schedule.source_query)) \
+            if schedule is not None and schedule.scope.startswith(RULE_SCOPE_PREFIX) else ()
         return CallbackTarget(url=domain.callback_url, key=domain.callback_key, file_formats=CSS_REPORTED_FORMATS,
-                              fields=self._css_task_fields[event.task_id])
+                              fields=fields)
 
     def _dev_usersig(self, app_id: str, user_id: str) -> str | None:
         app = self.settings.app(int(app_id)) if is_decimal(app_id) else None
