@@ -9,6 +9,7 @@ import asyncio
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import av
@@ -40,10 +41,10 @@ def publish(registry: RoomRegistry, user: str, clip: Path) -> threading.Event:
     return stop
 
 
-async def wait_for(check: object, seconds: float) -> float:
+async def wait_for(check: Callable[[], bool], seconds: float) -> float:
     """Seconds until `check()` held (fails after `seconds`)."""
     start = time.monotonic()
-    while not check():  # type: ignore[operator]
+    while not check():
         if time.monotonic() - start > seconds:
             pytest.fail(f"not within {seconds} s")
         await asyncio.sleep(0.005)

@@ -57,6 +57,7 @@ from cloudrec.worker.session import SessionConfig
 from cloudrec.core.ids import is_decimal
 
 logger = logging.getLogger(__name__)
+PUSH_JOIN_SECONDS = 30.0  # a CSS push admitted this long ago whose stream is not live is over
 
 
 class Service:
@@ -114,7 +115,8 @@ class Service:
         self.aliyun = self._aliyun_gateway(settings, apps)
         self.ready = False
         self._task_receivers: dict[str, CallbackTarget | None] = {}  # ARTC and CSS tasks' receivers, by task id
-        self._css_push_queries: dict[RoomKey, str] = {}  # a CSS stream's latest admitted push: its query string
+        # A CSS stream's latest admitted push: its query string and when (monotonic) it was admitted.
+        self._css_push_queries: dict[RoomKey, tuple[str, float]] = {}
         self.publishers = PublisherAuth(apps)
         self.css_push = CssPushAuth([PushDomain(name=d.name, key=d.push_key, backup_key=d.backup_push_key, default=d.default)
                                      for d in settings.css.domains])
@@ -208,7 +210,7 @@ class Service:
         except PushRefused as exc:
             logger.info("rtmp publish refused", extra={"remote": request.remote, "host": request.host, "reason": exc.reason})
             return None
-        self._css_push_queries[push.room] = push.stream_param
+        self._css_push_queries[push.room] = (push.stream_param, time.monotonic())
         return PublishGrant(room=push.room, user_id=push.user_id)
 
     async def _authorize_webrtc(self, request: WebRtcRequest) -> WebRtcGrant | None:
@@ -253,7 +255,7 @@ class Service:
         except PushRefused as exc:
             logger.info("webrtc refused", extra={"kind": request.kind, "host": request.host, "reason": exc.reason})
             return None
-        self._css_push_queries[push.room] = push.stream_param
+        self._css_push_queries[push.room] = (push.stream_param, time.monotonic())
         return WebRtcGrant(room=push.room, user_id=push.user_id)
 
     def _live_css_streams(self) -> dict[RoomKey, str]:
@@ -262,8 +264,10 @@ class Service:
         live = {}
         for room in self.registry.rooms():
             if room.key.app_id == CSS_APP_ID and any(not t.closed for p in room.snapshot().participants for t in p.tracks.values()):
-                live[room.key] = self._css_push_queries.get(room.key, "")
-        for key in [k for k in self._css_push_queries if k not in live and not self.registry.exists(k)]:
+                live[room.key] = self._css_push_queries.get(room.key, ("", 0.0))[0]
+        # A push is admitted just before its publisher joins: forget it only once it had time to.
+        stale = time.monotonic() - PUSH_JOIN_SECONDS
+        for key in [k for k, (_, at) in self._css_push_queries.items() if k not in live and at < stale]:
             del self._css_push_queries[key]
         return live
 
